@@ -1,0 +1,124 @@
+"""Run folders, atomic artifact writes and configuration checks shared by every stage.
+
+Every stage writes into ``runs/<name>/<stage>/``; files are written to a temporary name and renamed, so an
+interrupted stage never leaves a half-written artifact that a later stage would trust.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+#: The stages of the book, in order. Each is one notebook and one folder in a run.
+STAGES: tuple[str, ...] = (
+    "00_organism",
+    "01_logging",
+    "02_selectors",
+    "03_deactivation",
+    "04_steering",
+    "05_transfer",
+    "06_grounding",
+)
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or malformed; the message names the key and the fix."""
+
+
+def _atomic(path: Path, write: Callable[[Path], None]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write text to ``path`` via a temporary file in the same folder and an atomic rename."""
+    return _atomic(Path(path), lambda p: p.write_text(text))
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    return _atomic(Path(path), lambda p: p.write_bytes(data))
+
+
+def atomic_save(path: str | Path, save: Callable[[Path], None]) -> Path:
+    """Call ``save(tmp_path)`` (e.g. ``df.to_parquet``, ``fig.savefig``) and rename the result into place."""
+    return _atomic(Path(path), save)
+
+
+def _jsonable(x: Any) -> Any:
+    if hasattr(x, "tolist"):
+        x = x.tolist()
+    if isinstance(x, Mapping):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def write_metrics(stage_dir: str | Path, metrics: Mapping[str, Any]) -> Path:
+    """Write a stage's headline numbers to ``metrics.json`` (non-finite floats become null)."""
+    text = json.dumps(_jsonable(dict(metrics)), indent=2, sort_keys=True)
+    return atomic_write_text(Path(stage_dir) / "metrics.json", text + "\n")
+
+
+def read_metrics(stage_dir: str | Path) -> dict[str, Any]:
+    path = Path(stage_dir) / "metrics.json"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} does not exist: run the stage that writes it first (make run NB={Path(stage_dir).name} ...)"
+        )
+    return json.loads(path.read_text())
+
+
+def stage_dir(run_dir: str | Path, stage: str) -> Path:
+    """The folder of ``stage`` inside ``run_dir``; refuses unknown stage names and escapes from the run folder."""
+    if stage not in STAGES:
+        raise ConfigError(f"unknown stage {stage!r}; stages are {list(STAGES)}")
+    root = Path(run_dir).resolve()
+    out = (root / stage).resolve()
+    if root not in out.parents:
+        raise ConfigError(f"stage folder {out} would lie outside the run folder {root}")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """Read a papermill parameter file (YAML mapping) with a clear message when it is missing or malformed."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist; the shipped configs are in configs/")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {p} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p} must be a YAML mapping of parameter names to values")
+    return data
+
+
+def require(params: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str = "config") -> Any:
+    """Fetch ``params[key]`` and check its type, naming the key and the expected type when it is wrong."""
+    if key not in params or params[key] is None:
+        raise ConfigError(f"{where} lacks the key {key!r}; add `{key}: ...` to it (see configs/organism.yml)")
+    value = params[key]
+    if not isinstance(value, kind):
+        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise ConfigError(f"{where} key {key!r} must be {names}, got {type(value).__name__} ({value!r})")
+    return value
