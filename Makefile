@@ -1,0 +1,84 @@
+# The ESN companion book. Two commands on a fresh machine:  make book  ·  make test
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PYTHON := $(BIN)/python
+STAMP := $(VENV)/.installed
+CONFIG ?= configs/organism.yml
+RUN := runs/organism
+HELPERS := $(wildcard src/helpers/*.py)
+ORGANISM := models/organism/model.safetensors models/organism/training_card.json
+CORPUS := data/corpus/A/manifest.json data/corpus/B/manifest.json
+MATHJAX := _static/mathjax/tex-svg.js
+STAGES ?= 00_organism
+STAGE_NB = $(PYTHON) -m helpers.pipeline run $(1) --config $(CONFIG) --book-copy book/executed/$(1).ipynb
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+export HF_HUB_OFFLINE := 1
+export PYTHONHASHSEED := 0
+
+.SECONDARY:
+.PHONY: help install book test run corpus organism bench clean lint browser
+
+help:
+	@echo "make book    build the whole book (venv, corpus, every stage through papermill, HTML)"
+	@echo "make test    run the test suite (installs what is missing)"
+	@echo "make run NB=<stage> CONFIG=<file> [PARAMS='-p name value ...']   re-execute one stage"
+	@echo "make organism   retrain the model organism;  make corpus  regenerate the corpora"
+	@echo "make bench   benchmarks -> bench/results.json;  make clean"
+
+install: $(STAMP)
+$(STAMP): pyproject.toml
+	@test -x $(PYTHON) || $(PY) -m venv $(VENV)
+	$(PYTHON) -m pip install -q --upgrade pip
+	$(PYTHON) -m pip install -q -e '.[dev]'
+	$(PYTHON) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (esn)" >/dev/null
+	@touch $@
+
+corpus: $(CORPUS)
+data/corpus/%/manifest.json: src/helpers/corpus.py src/helpers/espeak.py | $(STAMP)
+	$(PYTHON) -m helpers.pipeline corpus $* --out data/corpus
+
+organism: $(STAMP) $(CORPUS)
+	$(PYTHON) -m helpers.pipeline organism --corpus data/corpus --out models/organism
+
+$(MATHJAX):
+	@mkdir -p _static/mathjax /tmp/mathjax-pack
+	cd /tmp/mathjax-pack && npm pack --silent mathjax@3 >/dev/null && tar xzf mathjax-3*.tgz
+	cp -r /tmp/mathjax-pack/package/es5/. _static/mathjax/
+	@rm -rf /tmp/mathjax-pack
+
+# --- stages: each re-runs only when its notebook, the helpers, the config or its inputs changed
+$(RUN)/%/metrics.json: notebooks/%.md $(HELPERS) $(CONFIG) $(ORGANISM) $(CORPUS) | $(STAMP)
+	$(call STAGE_NB,$*)
+$(RUN)/02_selectors/metrics.json: $(RUN)/01_logging/metrics.json
+$(RUN)/03_deactivation/metrics.json $(RUN)/04_steering/metrics.json: $(RUN)/02_selectors/metrics.json
+$(RUN)/05_transfer/metrics.json $(RUN)/06_grounding/metrics.json: $(RUN)/02_selectors/metrics.json
+
+book/executed/%.ipynb: $(RUN)/%/metrics.json
+	@mkdir -p book/executed
+	cp $(RUN)/$*/$*.ipynb $@
+
+book: $(STAMP) $(MATHJAX) $(foreach s,$(STAGES),book/executed/$(s).ipynb)
+	$(BIN)/jupyter-book build . --builder html -W -n --keep-going
+	@echo "book: _build/html/index.html"
+
+run: $(STAMP) $(CORPUS)
+	@test -n "$(NB)" || { echo "usage: make run NB=<stage> CONFIG=<file> [PARAMS='-p name value']"; exit 2; }
+	$(PYTHON) -m helpers.pipeline run $(NB) --config $(CONFIG) $(PARAMS)
+
+browser:
+	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium >/dev/null; }
+
+test: $(STAMP) $(MATHJAX) browser
+	$(BIN)/pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests
+
+bench: $(STAMP) $(CORPUS)
+	$(PYTHON) -m helpers.bench --out bench/results.json
+
+clean:
+	rm -rf _build runs book/executed .pytest_cache

@@ -1,0 +1,30 @@
+"""Shared fixtures: a small generated corpus (deterministic, seconds) and the committed organism."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parents[1]
+ORGANISM_DIR = ROOT / "models" / "organism"
+
+
+@pytest.fixture(scope="session")
+def small_corpora(tmp_path_factory) -> dict[str, Path]:
+    """Corpora A and B restricted to their first sentences: every split and emotion, few clips."""
+    from helpers.corpus import CORPORA, generate
+
+    root = tmp_path_factory.mktemp("corpus")
+    for name, limit in (("A", 6), ("B", 4)):
+        generate(CORPORA[name], root / name, limit=limit)
+    return {name: root / name for name in ("A", "B")}
+
+
+@pytest.fixture(scope="session")
+def organism():
+    from helpers.organism import load_organism
+
+    return load_organism(ORGANISM_DIR)

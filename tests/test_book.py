@@ -1,0 +1,120 @@
+"""End to end: a stage notebook through papermill, the Jupyter Book build, and the page in a real browser."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from helpers import pipeline
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def executed_00(small_corpora, tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("run")
+    overrides = {"datasets": {k: str(v) for k, v in small_corpora.items()}, "eval_limit": 16, "probe_epochs": 20}
+    nb = pipeline.execute_stage("00_organism", ROOT / "configs" / "organism.yml", overrides, run_dir=run_dir)
+    return nb
+
+
+def test_stage_00_runs_through_papermill_and_writes_metrics(executed_00):
+    metrics = json.loads((executed_00.parent / "metrics.json").read_text())
+    assert set(metrics["accuracy"]) == {"A", "B"}
+    for key in ("decoder_gates_zeroed_accuracy", "encoder_probe_accuracy"):
+        assert 0.0 <= metrics[key] <= 1.0
+    assert all(0.0 <= v <= 1.0 for v in metrics["accuracy"].values())
+    nb = json.loads(executed_00.read_text())
+    assert any("parameters" in c.get("metadata", {}).get("tags", []) for c in nb["cells"])
+    assert any("injected-parameters" in c.get("metadata", {}).get("tags", []) for c in nb["cells"])
+    assert (executed_00.parent / "confusion.png").stat().st_size > 1000
+
+
+def test_unknown_stage_and_bad_config_fail_clearly(tmp_path):
+    with pytest.raises(pipeline.ConfigError, match="unknown stage"):
+        pipeline.notebook_source("07_nothing")
+    bad = tmp_path / "bad.yml"
+    bad.write_text("model: organism\n")
+    with pytest.raises(pipeline.ConfigError, match="run_name"):
+        pipeline.execute_stage("00_organism", bad)
+    bad.write_text("- just\n- a list\n")
+    with pytest.raises(pipeline.ConfigError, match="mapping"):
+        pipeline.execute_stage("00_organism", bad)
+    assert pipeline.main(["run", "07_nothing"]) == 2
+
+
+def test_failed_stage_leaves_no_finished_notebook(small_corpora, tmp_path):
+    overrides = {"datasets": {"A": str(tmp_path / "nowhere"), "B": str(tmp_path / "nowhere")}}
+    with pytest.raises(Exception, match="make corpus"):
+        pipeline.execute_stage("00_organism", ROOT / "configs" / "organism.yml", overrides, run_dir=tmp_path / "r")
+    stage = tmp_path / "r" / "00_organism"
+    assert not (stage / "00_organism.ipynb").exists()
+    assert not (stage / "metrics.json").exists()
+    assert (stage / "00_organism.failed.ipynb").exists()
+
+
+@pytest.fixture(scope="module")
+def built_book(executed_00, tmp_path_factory) -> Path:
+    """The book's real config and prose pages with the executed test notebook, built with warnings as errors."""
+    src = tmp_path_factory.mktemp("book")
+    for name in ("_config.yml", "_static"):
+        target = ROOT / name
+        (shutil.copytree if target.is_dir() else shutil.copy)(target, src / name)
+    shutil.copytree(ROOT / "book", src / "book", ignore=shutil.ignore_patterns("executed"))
+    (src / "book" / "executed").mkdir()
+    shutil.copy(executed_00, src / "book" / "executed" / "00_organism.ipynb")
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    for part in toc["parts"]:
+        part["chapters"] = [c for c in part["chapters"]
+                            if not c["file"].startswith("book/executed/") or c["file"].endswith("00_organism")]
+    (src / "_toc.yml").write_text(yaml.safe_dump(toc))
+    jb = Path(sys.executable).parent / "jupyter-book"
+    proc = subprocess.run([str(jb), "build", str(src), "--builder", "html", "-W", "-n", "--keep-going"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return src / "_build" / "html"
+
+
+def test_book_builds_with_chapter_and_vendored_mathjax(built_book):
+    assert (built_book / "index.html").is_file()
+    page = (built_book / "book" / "executed" / "00_organism.html").read_text()
+    assert "model organism" in page
+    assert "<img" in page
+    index = (built_book / "book" / "intro.html").read_text()
+    assert "mathjax/tex-svg.js" in index and "cdn.jsdelivr" not in index
+    assert (built_book / "_static" / "mathjax" / "tex-svg.js").is_file()
+
+
+def _chromium() -> str:
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        pytest.fail("chromium is not installed: `make test` installs it (apt-get install chromium)")
+    return exe
+
+
+def test_index_page_renders_figure_and_math_in_headless_chromium(built_book, tmp_path):
+    exe = _chromium()
+    page = built_book / "book" / "intro.html"
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--no-first-run", "--disable-sync", "--disable-quic",
+             f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=8000"]
+    dom = subprocess.run([exe, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    html = dom.stdout
+    assert "<mjx-container" in html, "MathJax did not typeset the math (vendored script not loaded?)"
+    assert "<svg" in html.split("<mjx-container", 1)[1][:2000], "math was not rendered to SVG"
+    assert 'src="../_images/pipeline.svg"' in html or "pipeline.svg" in html
+    assert (built_book / "_images" / "pipeline.svg").is_file()
+    shot = tmp_path / "intro.png"
+    subprocess.run([exe, *flags, "--window-size=1200,1600", f"--screenshot={shot}", page.as_uri()],
+                   capture_output=True, timeout=120)
+    from PIL import Image
+
+    img = Image.open(shot).convert("L")
+    assert len(set(img.getdata())) > 10, "the screenshot is blank"
