@@ -1,0 +1,416 @@
+"""helpers.grounding: pairing, position-class patching (gates and residual), the grounding coefficient and the
+conflict analysis, on hand-built tables and a tiny random Qwen2-Audio whose audio/text positions we control."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from tiny_models import AUDIO_ID, MAX_SOURCE_POSITIONS, N_MELS, TEXT_HI, TEXT_LO, build_tiny  # noqa: E402
+
+from helpers import grounding as G  # noqa: E402
+from helpers.hooks import run_with_gate_edits, trace_gates  # noqa: E402
+from helpers.models import gate_shape  # noqa: E402
+
+LABELS = ("neutral", "happy", "angry", "sad")
+N_FRAMES = 2 * MAX_SOURCE_POSITIONS
+N_AUDIO = ((N_FRAMES - 1) // 2 + 1 - 2) // 2 + 1  # 8 audio tokens
+N_TEXT = 4
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+class FakeSubject:
+    """A Subject over the tiny Qwen2-Audio: ``path`` "a<k>" seeds the audio features, ``text`` "t<k>" seeds 4 text
+    tokens. Layout ``[p0, p1, audio x 8, text x 4, answer]`` (audio first) or with text and audio swapped."""
+
+    labels = LABELS
+    label_ids = torch.tensor([3, 4, 5, 6])
+
+    def __init__(self, model, text_first: bool = False) -> None:
+        self.model = model
+        self.text_first = text_first
+        audio_start = 2 + (N_TEXT if text_first else 0)
+        text_start = 2 if text_first else 2 + N_AUDIO
+        self.audio_slice = slice(audio_start, audio_start + N_AUDIO)
+        self.text_slice = slice(text_start, text_start + N_TEXT)
+
+    def batch_inputs(self, rows: pd.DataFrame) -> dict[str, torch.Tensor]:
+        ids, feats = [], []
+        for path, text in zip(rows["path"], rows["text"], strict=True):
+            g = torch.Generator().manual_seed(1000 + int(path[1:]))
+            feats.append(torch.randn(N_MELS, N_FRAMES, generator=g))
+            g = torch.Generator().manual_seed(2000 + int(text[1:]))
+            words = torch.randint(TEXT_LO, TEXT_HI, (N_TEXT,), generator=g).tolist()
+            audio = [AUDIO_ID] * N_AUDIO
+            ids.append([7, 8] + (words + audio if self.text_first else audio + words) + [9])
+        ids_t = torch.tensor(ids)
+        return {
+            "input_ids": ids_t,
+            "attention_mask": torch.ones_like(ids_t),
+            "input_features": torch.stack(feats),
+            "feature_attention_mask": torch.ones(len(ids), N_FRAMES, dtype=torch.long),
+        }
+
+    def position_masks(self, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        audio = input_ids == AUDIO_ID
+        text = torch.zeros_like(audio)
+        text[:, self.text_slice] = True
+        last = torch.zeros_like(audio)
+        last[:, -1] = True
+        return {"all": torch.ones_like(audio), "audio": audio, "text": text, "last": last}
+
+    def label_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        last = logits[:, -1] if logits.ndim == 3 else logits
+        return last[:, self.label_ids]
+
+
+@pytest.fixture(scope="module")
+def subject():
+    return FakeSubject(build_tiny("qwen2-audio"))
+
+
+@pytest.fixture(scope="module")
+def subject_text_first(subject):
+    return FakeSubject(subject.model, text_first=True)
+
+
+def corpus_table(n_matched: int = 2) -> pd.DataFrame:
+    """A miniature synthetic corpus: matched_id x 4 emotions, each clip with the none/congruent/conflict contexts."""
+    rows = []
+    k = 0
+    for m in range(n_matched):
+        for e, emo in enumerate(LABELS):
+            clip = f"m{m}_{emo}"
+            conflict = LABELS[(e + 1) % len(LABELS)]
+            for ctx, ctx_label in (("none", "none"), ("congruent", emo), ("conflict", conflict)):
+                rows.append({
+                    "path": f"a{k}", "sampling_rate": 16000, "label": emo, "speaker": f"v{m}",
+                    "sentence_id": f"s{m}", "split": "evaluate", "clip_id": clip, "matched_id": f"m{m}",
+                    "context": ctx, "context_label": ctx_label,
+                    # the neutral phrase differs per clip, as in the corpus (audio_pairs must not copy it over)
+                    "text": f"t{100 + k}" if ctx == "none" else f"t{LABELS.index(ctx_label)}",
+                })
+            k += 1
+    return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------------------------------------------ pairing
+def test_audio_pairs_differ_only_in_audio():
+    df = corpus_table()
+    pairs = G.audio_pairs(df, LABELS)
+    assert len(pairs) == 2 * 4 * 3  # per matched id: 4 x 3 ordered pairs of different emotions
+    assert (pairs["base_matched_id"] == pairs["cf_matched_id"]).all()
+    assert (pairs["base_label"] != pairs["cf_label"]).all()
+    assert (pairs["base_path"] != pairs["cf_path"]).all()
+    assert (pairs["base_text"] == pairs["cf_text"]).all()  # the counterfactual keeps the base's prompt text
+    assert (pairs["base_context"] == "none").all() and (pairs["cf_context"] == "none").all()
+    assert (pairs["cf_emotion"] == pairs["cf_label"]).all() and (pairs["kind"] == "audio").all()
+    base, cf = G.pair_rows(pairs)
+    assert list(base.columns) == list(df.columns) and len(cf) == len(pairs)
+    assert (cf["text"] == base["text"]).all()
+    two = G.audio_pairs(df, ("happy", "sad"))
+    assert len(two) == 2 * 2 and set(two["base_label"]) == {"happy", "sad"}
+
+
+def test_text_pairs_share_the_clip():
+    df = corpus_table()
+    pairs = G.text_pairs(df, LABELS)
+    assert len(pairs) == 8
+    assert (pairs["base_path"] == pairs["cf_path"]).all() and (pairs["base_clip_id"] == pairs["cf_clip_id"]).all()
+    assert (pairs["base_context"] == "none").all() and (pairs["cf_context"] == "conflict").all()
+    assert (pairs["base_text"] != pairs["cf_text"]).all()
+    assert (pairs["cf_emotion"] == pairs["cf_context_label"]).all()
+    assert (pairs["cf_emotion"] != pairs["base_label"]).all()
+    both = G.text_pairs(df, contexts=("conflict", "congruent"))
+    assert len(both) == 16 and set(both["cf_context"]) == {"conflict", "congruent"}
+    with pytest.raises(ValueError, match="conflict"):
+        G.text_pairs(df, contexts=("sarcastic",))
+    conflict = G.conflict_items(df)
+    assert len(conflict) == 8 and (conflict["label"] != conflict["context_label"]).all()
+
+
+def test_missing_columns_say_what_grounding_needs():
+    df = corpus_table().drop(columns=["matched_id"])
+    with pytest.raises(G.GroundingDataError, match="matched_id") as err:
+        G.audio_pairs(df)
+    assert isinstance(err.value, ValueError) and "same sentence and voice" in str(err.value)
+    with pytest.raises(G.GroundingDataError, match="context_label"):
+        G.text_pairs(corpus_table().drop(columns=["context_label"]))
+    with pytest.raises(G.GroundingDataError, match="context"):
+        G.conflict_items(corpus_table().drop(columns=["context", "context_label"]))
+    with pytest.raises(G.GroundingDataError, match="no audio pairs"):
+        G.audio_pairs(corpus_table()[lambda d: d["label"] == "happy"])
+
+
+def test_layer_clusters():
+    assert G.layer_clusters(6) == {"early": [0, 1], "middle": [2, 3], "late": [4, 5]}
+    assert G.layer_clusters(7) == {"early": [0, 1, 2], "middle": [3, 4], "late": [5, 6]}
+    assert G.layer_clusters(2, 2) == {"early": [0], "late": [1]}
+    with pytest.raises(ValueError):
+        G.layer_clusters(2, 3)
+
+
+# --------------------------------------------------------------------------------------------------- patching
+def _rows(df: pd.DataFrame, n: int = 3) -> tuple[pd.DataFrame, pd.DataFrame]:
+    return G.pair_rows(df.iloc[:n])
+
+
+def test_trace_patched_matches_run_with_gate_edits(subject):
+    model = subject.model
+    base, cf = _rows(G.audio_pairs(corpus_table()))
+    b_in, c_in = subject.batch_inputs(base), subject.batch_inputs(cf)
+    _, src = trace_gates(model, c_in, logits="none")
+    L, N = gate_shape(model)
+    mask = torch.rand(L, N, generator=torch.Generator().manual_seed(0)) < 0.3
+    pos = subject.position_masks(b_in["input_ids"])["audio"]
+    ref = run_with_gate_edits(model, b_in, patch=src, patch_mask=mask, positions=pos, logits="last")
+    got, gates, _ = G.trace_patched(model, b_in, patch=src, patch_mask=mask, positions=pos)
+    torch.testing.assert_close(got, ref, rtol=0, atol=0)
+    # no edit at all: the same as the hooks' reader
+    plain, plain_gates = trace_gates(model, b_in, logits="last")
+    got, gates, _ = G.trace_patched(model, b_in)
+    torch.testing.assert_close(got, plain, rtol=0, atol=0)
+    for a, b in zip(gates, plain_gates, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("what", ["gates", "residual"])
+def test_patching_a_run_into_itself_changes_nothing(subject, what):
+    base, _ = _rows(G.audio_pairs(corpus_table()))
+    for side in ("audio", "text", "all"):
+        res = G.patch_run(subject, base, base, side=side, what=what, layers=[0, 1] if what == "residual" else None)
+        assert torch.equal(res.logits_after, res.logits_before)
+        assert torch.equal(res.act_after["answer"], res.act_before["answer"])
+        assert torch.equal(res.act_after["side"], res.act_before["side"])
+
+
+def test_full_gate_patch_reproduces_counterfactual_gates_not_logits(subject):
+    model = subject.model
+    base, cf = _rows(G.audio_pairs(corpus_table()))
+    b_in, c_in = subject.batch_inputs(base), subject.batch_inputs(cf)
+    cf_logits, cf_gates = trace_gates(model, c_in, logits="last")
+    everywhere = torch.ones_like(b_in["input_ids"], dtype=torch.bool)
+    logits, gates, _ = G.trace_patched(model, b_in, patch=cf_gates, positions=everywhere)
+    for got, want in zip(gates, cf_gates, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    # up_proj, attention and the residual stream still read the base input: gate patching is not a full swap
+    assert not torch.allclose(logits, cf_logits, atol=1e-4)
+
+    res = G.patch_run(subject, base, cf, side="all", direction="denoise")
+    torch.testing.assert_close(res.act_after["answer"], res.act_source["answer"], rtol=0, atol=0)
+    torch.testing.assert_close(res.act_after["side"], res.act_source["side"], rtol=0, atol=0)
+    torch.testing.assert_close(res.logits_source, subject.label_logits(cf_logits))
+    noise = G.patch_run(subject, base, cf, side="all", direction="noise")
+    torch.testing.assert_close(noise.logits_before, res.logits_source, rtol=0, atol=0)
+    # effects point towards the counterfactual in both directions: brought in (denoise), taken away (noise)
+    np.testing.assert_allclose(res.pred_effect(), res.p_cf("after") - res.p_cf("before"))
+    np.testing.assert_allclose(noise.pred_effect(), noise.p_cf("before") - noise.p_cf("after"))
+
+
+def test_full_residual_patch_reproduces_counterfactual(subject):
+    model = subject.model
+    base, cf = _rows(G.audio_pairs(corpus_table()))
+    b_in, c_in = subject.batch_inputs(base), subject.batch_inputs(cf)
+    cf_logits, cf_gates = trace_gates(model, c_in, logits="last")
+    _, _, hidden = G.trace_patched(model, c_in, read_residual=[0])
+    logits, gates, _ = G.trace_patched(model, b_in, residual=hidden)  # every position of layer 0's output
+    torch.testing.assert_close(logits, cf_logits)
+    torch.testing.assert_close(gates[1], cf_gates[1])  # layer 1 computes from the patched stream
+    assert not torch.allclose(gates[0], cf_gates[0])  # layer 0's gates ran before the patch
+
+    res = G.patch_run(subject, base, cf, side="all", what="residual", layers=[1])
+    torch.testing.assert_close(res.logits_after, res.logits_source)
+    assert not torch.allclose(res.logits_before, res.logits_source)
+
+
+def test_patching_text_positions_of_layer0_edits_only_text_positions(subject):
+    model = subject.model
+    base, cf = _rows(G.text_pairs(corpus_table()))
+    b_in, c_in = subject.batch_inputs(base), subject.batch_inputs(cf)
+    _, b_gates = trace_gates(model, b_in, logits="none")
+    _, c_gates = trace_gates(model, c_in, logits="none")
+    text = subject.position_masks(b_in["input_ids"])["text"]
+    _, gates, _ = G.trace_patched(model, b_in, patch={0: c_gates[0]}, positions=text)
+    changed = (gates[0] != b_gates[0]).any(-1)
+    assert changed.any() and not (changed & ~text).any()  # layer 0 changes at text positions only ...
+    torch.testing.assert_close(gates[0][text], c_gates[0][text], rtol=0, atol=0)  # ... to the cf's values
+    # layer 1 then changes at the text positions and after them (causal attention), never before
+    later = (gates[1] != b_gates[1]).any(-1)
+    first_text = subject.text_slice.start
+    assert later[:, first_text:].any() and not later[:, :first_text].any()
+
+
+def test_position_misalignment_is_refused(subject):
+    class Shifted(FakeSubject):
+        def batch_inputs(self, rows):
+            out = super().batch_inputs(rows)
+            if rows["text"].iloc[0] == "t999":
+                out = {k: (torch.cat([v[:, :1], v], 1) if k in ("input_ids", "attention_mask") else v)
+                       for k, v in out.items()}
+            return out
+
+    sub = Shifted(subject.model)
+    base = pd.DataFrame({"path": ["a1"], "text": ["t1"], "label": ["happy"]})
+    cf = pd.DataFrame({"path": ["a1"], "text": ["t999"], "label": ["happy"]})
+    with pytest.raises(ValueError, match="align"):
+        G.patch_run(sub, base, cf, side="text")
+
+
+# --------------------------------------------------------------------------------------- grounding coefficient
+def test_coefficient_formula():
+    c = G.grounding_coefficient([2.0, 0.0, 1.0, 0.0, -3.0], [0.0, 5.0, 1.0, 0.0, 1.0])
+    np.testing.assert_allclose(c[[0, 1, 2, 4]], [1.0, 0.0, 0.5, 0.75])
+    assert np.isnan(c[3])
+    cls = G.classify_grounding([0.95, 0.7, 0.5, 0.3, 0.05, np.nan])
+    assert cls.tolist() == ["audio", "audio", "mixed", "text", "text", "none"]
+    assert G.classify_grounding([0.6], audio_min=0.6).tolist() == ["audio"]
+    with pytest.raises(ValueError):
+        G.classify_grounding([0.5], audio_min=0.3, text_max=0.4)
+
+
+def _synthetic_result(side: str, change: np.ndarray, n_layers: int = 2, n_neurons: int = 3) -> G.PatchResult:
+    """A PatchResult with prescribed per-item activation changes for read neurons (0,0), (0,1), (1,2)."""
+    n, k = change.shape
+    read = torch.tensor([[0, 0], [0, 1], [1, 2]])[:k]
+    before = torch.randn(n, k, generator=torch.Generator().manual_seed(1))
+    rows = pd.DataFrame({"path": [f"a{i}" for i in range(n)], "label": ["happy"] * n})
+    logits = torch.zeros(n, len(LABELS))
+    act = {"answer": before, "side": before}
+    return G.PatchResult(
+        side=side, direction="denoise", what="gates", layers=[0, 1], labels=LABELS, base_rows=rows, cf_rows=rows,
+        cf_emotion=["sad"] * n, read_index=read, n_patched=0, logits_before=logits, logits_after=logits,
+        logits_source=logits, act_before=act, act_after={"answer": before + torch.as_tensor(change).float(),
+                                                         "side": before}, act_source=act,
+    )
+
+
+def test_coefficient_on_constructed_neurons_and_sets():
+    rng = np.random.default_rng(0)
+    n = 40
+    # neuron 0 moves only when the audio is patched, neuron 1 only with the text, neuron 2 with both equally
+    audio_change = np.stack([rng.normal(2, 0.5, n), np.zeros(n), rng.choice([-1.0, 1.0], n)], 1)
+    text_change = np.stack([np.zeros(n), rng.normal(-2, 0.5, n), rng.choice([-1.0, 1.0], n)], 1)
+    audio, text = _synthetic_result("audio", audio_change), _synthetic_result("text", text_change)
+    table = G.neuron_grounding(audio, text, n_boot=200, clusters={"early": [0], "late": [1]})
+    np.testing.assert_allclose(table["coefficient"], [1.0, 0.0, 0.5], atol=1e-6)
+    assert table["grounding"].tolist() == ["audio", "text", "mixed"]
+    assert table["cluster"].tolist() == ["early", "early", "late"]
+    assert (table["ci_low"] <= table["coefficient"] + 1e-9).all()
+    assert (table["ci_high"] >= table["coefficient"] - 1e-9).all()
+    assert table["ci_high"].iloc[1] < 0.05 and table["ci_low"].iloc[0] > 0.95
+
+    sets = {"audio-set": torch.tensor([[0, 0]]), "text-set": torch.tensor([[0, 1]]), "all": torch.tensor(
+        [[0, 0], [0, 1], [1, 2]])}
+    st = G.set_grounding(audio, text, sets, 2, 3, n_boot=200).set_index("set")
+    assert st.loc["audio-set", "coefficient"] == pytest.approx(1.0)
+    assert st.loc["text-set", "coefficient"] == pytest.approx(0.0)
+    assert st.loc["audio-set", "grounding"] == "audio" and st.loc["text-set", "grounding"] == "text"
+    assert st.loc["all", "n_neurons"] == 3 and 0.0 < st.loc["all", "coefficient"] < 1.0
+    masks = G.grounded_sets(table, 2, 3)
+    assert masks["audio-grounded"][0, 0] and masks["text-grounded"][0, 1] and masks["mixed"][1, 2]
+    assert int(masks["audio-grounded"].sum()) == 1
+    with pytest.raises(ValueError, match="not read"):
+        G.set_grounding(audio, text, {"x": torch.tensor([[1, 0]])}, 2, 3)
+    with pytest.raises(ValueError, match="audio-side"):
+        G.neuron_grounding(text, audio)
+
+
+@pytest.mark.parametrize("direction", ["denoise", "noise"])
+def test_end_to_end_coefficient_follows_causal_order(subject, subject_text_first, direction):
+    """Causal attention makes the answer known: positions before the modality that differs carry nothing."""
+    df = corpus_table()
+    # audio first: in a text pair the audio positions precede the change -> patching them is a no-op -> coef 0
+    tp = G.text_pairs(df, LABELS).iloc[:4]
+    a = G.patch_pairs(subject, tp, side="audio", direction=direction)
+    t = G.patch_pairs(subject, tp, side="text", direction=direction)
+    assert torch.equal(a.logits_after, a.logits_before) and torch.equal(a.act_after["answer"], a.act_before["answer"])
+    assert not torch.equal(t.act_after["answer"], t.act_before["answer"])
+    table = G.neuron_grounding(a, t)
+    moved = table["delta_text"] > 0
+    # gate patches reach the answer's layer-l neurons only through layers < l: layer 0 cannot move (coef NaN)
+    assert not moved[table["layer"] == 0].any() and moved[table["layer"] == 1].mean() > 0.9
+    assert table.loc[table["layer"] == 0, "coefficient"].isna().all()
+    assert (table.loc[moved, "coefficient"] == 0.0).all() and (table.loc[moved, "grounding"] == "text").all()
+    pred = G.prediction_grounding(a, t, n_boot=50)
+    assert pred["coefficient"].iloc[0] == 0.0 and pred["delta_audio"].iloc[0] == 0.0
+
+    # text first: in an audio pair the text positions precede the change -> coef 1
+    ap = G.audio_pairs(df, LABELS).iloc[:4]
+    a = G.patch_pairs(subject_text_first, ap, side="audio", direction=direction)
+    t = G.patch_pairs(subject_text_first, ap, side="text", direction=direction)
+    assert torch.equal(t.logits_after, t.logits_before)
+    table = G.neuron_grounding(a, t)
+    moved = table["delta_audio"] > 0
+    assert moved[table["layer"] == 1].mean() > 0.9 and (table.loc[moved, "coefficient"] == 1.0).all()
+    sets = {"layer1": G.restrict_to_layers(torch.ones(*gate_shape(subject.model), dtype=torch.bool), [1])}
+    st = G.set_grounding(a, t, sets, *gate_shape(subject.model), group_by="base_emotion", n_boot=50)
+    assert (st["coefficient"] == 1.0).all() and set(st["group"]) <= set(LABELS)
+
+
+def test_neuron_set_patch_and_readout(subject):
+    """Patching a neuron set at the audio side: only that set's audio-position values change in its layer."""
+    L, N = gate_shape(subject.model)
+    neurons = torch.tensor([[0, 5], [0, 9], [1, 3]])
+    base, cf = _rows(G.audio_pairs(corpus_table()))
+    res = G.patch_run(subject, base, cf, side="audio", neuron_mask=neurons, layers=[0])
+    assert res.layers == [0] and res.n_patched == 2 and res.read_index.tolist() == neurons.tolist()
+    # layer-0 set neurons at the audio positions are the counterfactual's; layer 1 was not patched
+    torch.testing.assert_close(res.act_after["side"][:, :2], res.act_source["side"][:, :2], rtol=0, atol=0)
+    assert not torch.allclose(res.act_after["side"][:, 2], res.act_source["side"][:, 2])
+    items = res.item_table({"set": neurons}, n_layers=L, n_neurons=N)
+    assert len(items) == 3 and {"set:before", "set:after", "p_cf_before", "pred_effect"} <= set(items.columns)
+    np.testing.assert_allclose(items["p_cf_after"] - items["p_cf_before"], res.pred_effect(), atol=1e-7)
+
+
+def test_clusters_and_random_controls():
+    mask = torch.zeros(4, 10, dtype=torch.bool)
+    mask[0, :3] = True
+    mask[3, 5] = True
+    parts = G.split_by_cluster({"s": mask}, G.layer_clusters(4, 2), 4, 10)
+    assert set(parts) == {"s/early", "s/late"} and int(parts["s/early"].sum()) == 3
+    r = G.random_mask_like(mask, seed=1, exclude=mask)
+    assert r.sum(1).tolist() == mask.sum(1).tolist() and not (r & mask).any()
+    assert torch.equal(G.union_mask({"a": mask, "b": r}, 4, 10), mask | r)
+
+
+# ------------------------------------------------------------------------------------------- conflict analysis
+def test_conflict_analysis(subject):
+    model = subject.model
+    L, N = gate_shape(model)
+    items = G.conflict_items(corpus_table())
+    all_neurons = torch.ones(L, N, dtype=torch.bool)
+    res = G.conflict_analysis(subject, items, {"all": all_neurons, "empty": torch.zeros(L, N, dtype=torch.bool)},
+                              n_boot=100, batch_size=5)
+    t = res.table.set_index("condition")
+    assert list(t.index) == ["baseline", "all", "empty"] and (t["n_items"] == len(items)).all()
+    inputs = subject.batch_inputs(items)
+    base_pred = subject.label_logits(model(**inputs).logits).argmax(-1).numpy()
+    zero_pred = subject.label_logits(run_with_gate_edits(model, inputs, scale=torch.zeros(1, L, N))).argmax(-1)
+    lab = np.array(LABELS)
+    assert res.predictions["baseline"].tolist() == lab[base_pred].tolist()
+    assert res.predictions["all"].tolist() == lab[zero_pred.numpy()].tolist()
+    assert res.predictions["empty"].tolist() == res.predictions["baseline"].tolist()
+    y = np.array([LABELS.index(x) for x in items["label"]])
+    ctx = np.array([LABELS.index(x) for x in items["context_label"]])
+    assert t.loc["baseline", "follows_audio"] == pytest.approx((base_pred == y).mean())
+    assert t.loc["baseline", "follows_text"] == pytest.approx((base_pred == ctx).mean())
+    assert t.loc["all", "shift_audio"] == pytest.approx((zero_pred.numpy() == y).mean() - (base_pred == y).mean())
+    assert t.loc["empty", "shift_audio"] == 0.0 and t.loc["empty", "shift_text"] == 0.0
+    fr = t[["follows_audio", "follows_text", "follows_neither"]].sum(1)
+    np.testing.assert_allclose(fr, 1.0)  # conflict items: audio and text emotions differ
+    assert (t["follows_audio_ci_low"] <= t["follows_audio"]).all()
+    with pytest.raises(ValueError, match="reserved"):
+        G.conflict_analysis(subject, items, {"baseline": all_neurons}, n_boot=0)
