@@ -12,7 +12,7 @@ HELPERS := $(wildcard src/helpers/*.py)
 ORGANISM := models/organism/model.safetensors models/organism/training_card.json
 CORPUS := data/corpus/A/manifest.json data/corpus/B/manifest.json
 MATHJAX := _static/mathjax/tex-svg.js
-STAGES ?= 00_organism
+STAGES ?= 00_organism 01_logging 02_selectors 03_deactivation 04_steering 05_transfer 06_grounding
 STAGE_NB = $(PYTHON) -m helpers.pipeline run $(1) --config $(CONFIG) --book-copy book/executed/$(1).ipynb
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export HF_HUB_OFFLINE := 1

@@ -644,6 +644,19 @@ def patch_run(
     )
 
 
+def total_effect(res: PatchResult) -> PatchResult:
+    """The input-level version of a patching result: "after" := the source run itself.
+
+    For audio pairs (same text, other audio emotion) and text pairs (same audio, other text), the whole source run
+    differs from the target only on one side, so source − target is that side's *total* effect on every neuron,
+    including layer-0 neurons at the answer position, which no gate or residual patch inside the decoder reaches.
+    """
+    import dataclasses
+
+    return dataclasses.replace(res, what="input", logits_after=res.logits_source,
+                               act_after={k: v.clone() for k, v in res.act_source.items()})
+
+
 def patch_pairs(subject: Subject, pairs: pd.DataFrame, **kwargs: Any) -> PatchResult:
     """:func:`patch_run` on a pair table from :func:`audio_pairs` / :func:`text_pairs` (``cf_emotion`` taken from
     the table)."""

@@ -138,3 +138,104 @@ def neuron_profiles(profiles: pd.DataFrame, labels: Sequence[str]) -> plt.Figure
     fig.legend(handles, list(labels), loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     return fig
+
+
+def _strip_random(name: object) -> str:
+    text = str(name)
+    return text[len("random("):-1] if text.startswith("random(") and text.endswith(")") else text
+
+
+def gap_bars(comparison: pd.DataFrame, labels: Sequence[str]) -> plt.Figure:
+    """Per selector and emotion: the deactivation gap with its 95 % interval, next to random neurons (mean ± sd)."""
+    selectors = list(dict.fromkeys(comparison["selector"]))
+    fig, axes = plt.subplots(1, len(labels), figsize=(3.1 * len(labels), 3.0), sharey=True, squeeze=False)
+    x = np.arange(len(selectors))
+    for ax, lbl in zip(axes[0], labels, strict=True):
+        d = comparison[comparison["target"] == lbl].set_index("selector").reindex(selectors)
+        err = np.vstack([d["gap"] - d["gap_ci_low"], d["gap_ci_high"] - d["gap"]]).clip(min=0)
+        ax.bar(x - 0.18, d["gap"], 0.36, yerr=err, color=PALETTE.get(lbl, "C0"), capsize=2, label="selected")
+        ax.bar(x + 0.18, d["random_gap_mean"], 0.36, yerr=d["random_gap_std"].fillna(0), color="#cccccc",
+               capsize=2, label="random, same size")
+        ax.axhline(0, color="k", lw=0.6)
+        ax.set_xticks(x, [s.upper() for s in selectors], rotation=45, fontsize=8)
+        ax.set_title(f"zeroing {lbl} neurons", fontsize=10)
+    axes[0, 0].set_ylabel("gap = self − cross effect")
+    axes[0, -1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def dose_curves(table: pd.DataFrame, *, x: str, y: str, hue: str, xlabel: str, ylabel: str,
+                facet: str = "target", low: str = "ci_low", high: str = "ci_high", logx: bool = True) -> plt.Figure:
+    """One panel per ``facet`` value: ``y`` against ``x`` per ``hue``, with the 95 % interval as a band."""
+    facets = list(dict.fromkeys(table[facet]))
+    fig, axes = plt.subplots(1, len(facets), figsize=(3.3 * len(facets), 3.0), sharey=True, squeeze=False)
+    hues = list(dict.fromkeys(table[hue]))
+    base = list(dict.fromkeys(_strip_random(h) for h in hues))  # a random control shares its selector's colour
+    palette = dict(zip(base, sns.color_palette("tab10", len(base)), strict=True))
+    colors = {h: palette[_strip_random(h)] for h in hues}
+    for ax, f in zip(axes[0], facets, strict=True):
+        for h in hues:
+            d = table[(table[facet] == f) & (table[hue] == h)].sort_values(x)
+            if d.empty:
+                continue
+            style = "--" if str(h).startswith("random") else "-"
+            ax.plot(d[x], d[y], style, marker="o", ms=3, color=colors[h], label=str(h))
+            if low in d and d[low].notna().any():
+                ax.fill_between(d[x], d[low], d[high], color=colors[h], alpha=0.15, lw=0)
+        ax.axhline(0, color="k", lw=0.6)
+        if logx and (table[x] > 0).all():
+            ax.set_xscale("log", base=2)
+        ax.set_title(f"{facet}: {f}", fontsize=10)
+        ax.set_xlabel(xlabel)
+    axes[0, 0].set_ylabel(ylabel)
+    axes[0, -1].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def strategy_curves(table: pd.DataFrame) -> plt.Figure:
+    """Targeted vs label-free steering over α: flip rate (targeted: toward the target; label-free: corrections),
+    damage to correct answers, and UAR change."""
+    t = table[table["target"].isin(["mean", "all"])]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+    for strat, d in t.groupby("strategy", sort=False):
+        d = d.sort_values("alpha")
+        style = "-" if strat == "targeted" else "--"
+        axes[0].plot(d["alpha"], d["flip_rate"], style, marker="o", ms=3, label=strat)
+        if d["flip_ci_low"].notna().any():
+            axes[0].fill_between(d["alpha"], d["flip_ci_low"], d["flip_ci_high"], alpha=0.15, lw=0)
+        axes[1].plot(d["alpha"], d["damage"], style, marker="o", ms=3, label=strat)
+        axes[2].plot(d["alpha"], d["uar_change"], style, marker="o", ms=3, label=strat)
+    axes[0].set(title="flip rate (targeted) / corrections (label-free)", xlabel="α", ylabel="rate")
+    axes[1].set(title="correct answers broken", xlabel="α", ylabel="rate")
+    axes[2].set(title="UAR change", xlabel="α", ylabel="Δ UAR")
+    axes[2].axhline(0, color="k", lw=0.6)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def grounding_overview(neurons: pd.DataFrame, clusters: Mapping[str, Sequence[int]]) -> plt.Figure:
+    """Per neuron: Δ_audio against Δ_text (log-log), and the distribution of the grounding coefficient per cluster."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    order = list(clusters)
+    palette = dict(zip(order, sns.color_palette("viridis", len(order)), strict=True))
+    d = neurons[(neurons["delta_audio"] > 0) | (neurons["delta_text"] > 0)]
+    eps = float(max(d[["delta_audio", "delta_text"]].replace(0, np.nan).min().min(), 1e-6)) if len(d) else 1e-6
+    for name in order:
+        c = d[d["cluster"] == name]
+        axes[0].scatter(c["delta_audio"] + eps, c["delta_text"] + eps, s=5, alpha=0.5, color=palette[name],
+                        label=name)
+    lims = [eps, max(float(d[["delta_audio", "delta_text"]].max().max()), 2 * eps) if len(d) else 1.0]
+    axes[0].plot(lims, lims, "k:", lw=0.8)
+    axes[0].set(xscale="log", yscale="log", xlabel="Δ audio (mean |change|)", ylabel="Δ text",
+                title="each neuron at the answer position")
+    axes[0].legend(fontsize=8, markerscale=3)
+    c = d.dropna(subset=["coefficient"])
+    if len(c):
+        sns.histplot(data=c, x="coefficient", hue="cluster", hue_order=order, palette=palette, bins=20,
+                     multiple="stack", ax=axes[1], binrange=(0, 1))
+    axes[1].set(title="grounding coefficient g (1 = audio, 0 = text)", xlabel="g")
+    fig.tight_layout()
+    return fig

@@ -326,6 +326,33 @@ class StatsAccumulator:
                 self.total[layer] += (wt @ a).T.to(self.device)
                 self.total_sq[layer] += (wt @ (a * a)).T.to(self.device)
 
+    def update_rows(self, layer_rows: Sequence[torch.Tensor], n_tokens: torch.Tensor, class_idx: torch.Tensor,
+                    keep: torch.Tensor | None = None) -> None:
+        """Add one batch given per-row sums from :func:`row_sums` (one ``[3, B, N]`` tensor per layer).
+
+        This is what the Log stage uses: the rows are reduced inside the forward pass, and only once the answer is
+        known does ``keep`` (e.g. "answered correctly") decide which rows count. Equivalent to :meth:`update` with
+        the mask of dropped rows cleared, without holding every layer's raw activations until the logits exist.
+        """
+        if len(layer_rows) != self.n_layers:
+            raise ValueError(f"got row sums for {len(layer_rows)} layers, expected {self.n_layers}")
+        class_idx = torch.as_tensor(class_idx).long()
+        n_tokens = torch.as_tensor(n_tokens).to(torch.float64)
+        keep = torch.ones_like(class_idx, dtype=torch.bool) if keep is None else torch.as_tensor(keep).bool()
+        keep = keep & (n_tokens > 0)
+        onehot = torch.nn.functional.one_hot(class_idx, self.n_classes).to(torch.float64) * keep[:, None]  # [B, C]
+        self.items += onehot.sum(dim=0).to(self.device)
+        self.tokens += (n_tokens[:, None] * onehot).sum(dim=0).to(self.device)
+        for layer, rows in enumerate(layer_rows):
+            if tuple(rows.shape) != (3, class_idx.shape[0], self.n_neurons):
+                raise ValueError(f"layer {layer} row sums have shape {tuple(rows.shape)}, expected "
+                                 f"(3, {class_idx.shape[0]}, {self.n_neurons})")
+            w = onehot.to(rows.device).T  # [C, B]
+            r = rows.to(torch.float64)
+            self.active[layer] += (w @ r[0]).T.to(self.device)
+            self.total[layer] += (w @ r[1]).T.to(self.device)
+            self.total_sq[layer] += (w @ r[2]).T.to(self.device)
+
     def result(self, meta: dict | None = None) -> ActivationStats:
         """The statistics so far, on the CPU (the accumulator stays usable)."""
         # A NaN/inf activation at a counted position turns its neuron's sums non-finite (0 * inf = NaN too), so
@@ -346,3 +373,14 @@ class StatsAccumulator:
             total_sq=self.total_sq.cpu(),
             meta=dict(meta or {}),
         )
+
+
+def row_sums(acts: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-row sufficient statistics over the counted positions: ``[3, B, N]`` = (# active, sum, sum of squares).
+
+    Cheap enough to run inside the forward pass for every layer; the row dimension is kept so that which items
+    count (e.g. only correct answers) can be decided after the logits are known.
+    """
+    m = mask.to(device=acts.device, dtype=torch.float32).unsqueeze(-1)  # [B, T, 1]
+    a = acts.float()
+    return torch.stack([((a > 0).float() * m).sum(1), (a * m).sum(1), (a * a * m).sum(1)])

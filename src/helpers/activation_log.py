@@ -1,0 +1,100 @@
+"""The Log stage: one nnsight trace per batch reads every decoder gate and streams per-class statistics.
+
+Raw activations never leave the forward pass: inside the trace each layer's gate is reduced to per-row sums over
+the counted positions (:func:`helpers.stats.row_sums`); once the answer is known, only the rows the model
+answered correctly (by default) are folded into the :class:`~helpers.stats.StatsAccumulator`. Memory is
+O(layers × neurons × classes), whatever the number of items.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from .evaluation import batch_inputs, batches, label_indices
+from .hooks import trace_gates
+from .models import gate_shape
+from .stats import ActivationStats, StatsAccumulator, row_sums
+from .subject import Subject
+
+#: Which token positions count. "last" is the position where the answer is read; "audio" the audio tokens;
+#: "text" the context words; "all" every position of the prompt.
+POSITION_KINDS: tuple[str, ...] = ("all", "audio", "text", "last")
+
+
+@dataclass
+class LogResult:
+    stats: ActivationStats
+    items: pd.DataFrame  # one row per item: id, label, prediction, correct, counted
+
+
+def check_position_kind(kind: str) -> str:
+    if kind not in POSITION_KINDS:
+        raise ValueError(f"unknown token-position kind {kind!r}; choose one of {list(POSITION_KINDS)}")
+    return kind
+
+
+@torch.no_grad()
+def log_activations(org: Subject, df: pd.DataFrame, *, positions: str = "last", only_correct: bool = True,
+                    batch_size: int = 64, progress: bool = True) -> LogResult:
+    """Stream gate statistics of ``df``'s items through the model (one trace per batch).
+
+    ``positions`` chooses the counted token positions (:data:`POSITION_KINDS`); ``only_correct`` counts only
+    items the un-intervened model answers correctly, as the paper does.
+    """
+    check_position_kind(positions)
+    labels = list(org.labels)
+    y_all = label_indices(df["label"], labels)
+    n_layers, n_neurons = gate_shape(org.model)
+    acc = StatsAccumulator(n_layers, n_neurons, labels)
+    records = []
+    offset = 0
+    for rows in tqdm(batches(df, batch_size), desc=f"logging ({positions} positions)", disable=not progress,
+                     mininterval=2.0):
+        inputs = batch_inputs(org, rows)
+        mask = org.position_masks(inputs["input_ids"])[positions]
+        logits, sums = trace_gates(org.model, inputs, reduce=lambda _i, g, m=mask: row_sums(g, m), logits="last")
+        pred = org.label_logits(logits).argmax(-1).cpu()
+        y = torch.from_numpy(y_all[offset : offset + len(rows)])
+        correct = pred == y
+        keep = correct if only_correct else torch.ones_like(correct)
+        acc.update_rows(sums, mask.sum(1), y, keep)
+        records.append(pd.DataFrame({
+            "clip_id": rows["clip_id"].to_numpy() if "clip_id" in rows else rows["path"].to_numpy(),
+            "label": rows["label"].to_numpy(), "pred": [labels[i] for i in pred.tolist()],
+            "correct": correct.numpy(), "counted": keep.numpy(),
+        }))
+        offset += len(rows)
+    stats = acc.result(meta={"positions": positions, "only_correct": only_correct})
+    empty = stats.empty_classes()
+    if empty:
+        raise ValueError(
+            f"no counted tokens for class(es) {empty}: the model answered none of their items correctly "
+            f"({'only_correct=True' if only_correct else 'check the token mask'}); add identification items, "
+            "use a different token-position kind, or set only_correct=False"
+        )
+    return LogResult(stats=stats, items=pd.concat(records, ignore_index=True))
+
+
+def layer_profile(stats: ActivationStats) -> pd.DataFrame:
+    """Per layer and class: mean activation probability and mean activation over neurons (for a first look)."""
+    prob, mean = stats.prob.mean(1), stats.mean.mean(1)  # [L, C]
+    rows = []
+    for c, label in enumerate(stats.labels):
+        for layer in range(stats.n_layers):
+            rows.append({"layer": layer, "label": label, "p_active": float(prob[layer, c]),
+                         "mean_activation": float(mean[layer, c])})
+    return pd.DataFrame(rows)
+
+
+def one_item_gates(org: Subject, row: pd.DataFrame) -> tuple[np.ndarray, Sequence[str]]:
+    """Raw gate values of one item, [L, T, N], with the token strings — only for showing what is hooked."""
+    inputs = batch_inputs(org, row.head(1))
+    _, gates = trace_gates(org.model, inputs, logits="none")
+    tokens = org.tokenizer.convert_ids_to_tokens(inputs["input_ids"][0].tolist())
+    return torch.stack([g[0] for g in gates]).float().numpy(), tokens
