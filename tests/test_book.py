@@ -64,7 +64,7 @@ def test_failed_stage_leaves_no_finished_notebook(small_corpora, tmp_path):
 def built_book(executed_00, tmp_path_factory) -> Path:
     """The book's real config and prose pages with the executed test notebook, built with warnings as errors."""
     src = tmp_path_factory.mktemp("book")
-    for name in ("_config.yml", "_static"):
+    for name in ("_config.yml", "_static", "bench"):
         target = ROOT / name
         (shutil.copytree if target.is_dir() else shutil.copy)(target, src / name)
     shutil.copytree(ROOT / "book", src / "book", ignore=shutil.ignore_patterns("executed"))

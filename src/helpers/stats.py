@@ -378,9 +378,14 @@ class StatsAccumulator:
 def row_sums(acts: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Per-row sufficient statistics over the counted positions: ``[3, B, N]`` = (# active, sum, sum of squares).
 
-    Cheap enough to run inside the forward pass for every layer; the row dimension is kept so that which items
-    count (e.g. only correct answers) can be decided after the logits are known.
+    Cheap enough to run inside the forward pass for every layer: only the token columns some row counts are
+    touched (one column for the "last" mask) and the sums are matrix products, so no full-size temporaries are
+    built. The row dimension is kept so that which items count (e.g. only correct answers) can be decided after
+    the logits are known.
     """
-    m = mask.to(device=acts.device, dtype=torch.float32).unsqueeze(-1)  # [B, T, 1]
-    a = acts.float()
-    return torch.stack([((a > 0).float() * m).sum(1), (a * m).sum(1), (a * a * m).sum(1)])
+    mask = mask.to(acts.device)
+    cols = mask.any(0).nonzero().squeeze(1)
+    a = acts.index_select(1, cols).float()
+    m = mask.index_select(1, cols).float()
+    return torch.stack([torch.einsum("bt,btn->bn", m, (a > 0).float()), torch.einsum("bt,btn->bn", m, a),
+                        torch.einsum("bt,btn->bn", m, a * a)])

@@ -1,0 +1,340 @@
+"""helpers.interventions: conditions, the batched runner and the experiments, on a tiny real Qwen2-Audio."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from tiny_models import AUDIO_ID, build_tiny, tiny_inputs  # noqa: E402
+
+from helpers import interventions as I  # noqa: E402
+from helpers.hooks import NonFiniteEditError  # noqa: E402
+from helpers.models import gate_modules, gate_shape  # noqa: E402
+
+LABELS = ("neutral", "happy", "angry", "sad")
+LABEL_TOKENS = (11, 22, 33, 44)
+N_ITEMS = 8
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny matmuls are slower with several threads on a busy shared CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+class FakeSubject:
+    """A Subject over precomputed tiny inputs: ``batch_inputs`` slices rows by the table's ``idx`` column."""
+
+    def __init__(self, model, inputs, labels=LABELS):
+        self.model = model
+        self.labels = tuple(labels)
+        self._inputs = inputs
+        self._ids = torch.tensor(LABEL_TOKENS[: len(labels)])
+        self.calls = 0
+
+    def batch_inputs(self, rows: pd.DataFrame) -> dict[str, torch.Tensor]:
+        self.calls += 1
+        idx = torch.tensor(rows["idx"].to_numpy())
+        return {k: v[idx] for k, v in self._inputs.items()}
+
+    def label_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        last = logits[:, -1] if logits.ndim == 3 else logits
+        return last.index_select(-1, self._ids)
+
+    def position_masks(self, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        audio = input_ids == AUDIO_ID
+        last = torch.zeros_like(audio)
+        last[:, -1] = True
+        return {"all": torch.ones_like(audio), "audio": audio, "text": ~audio, "last": last}
+
+
+@pytest.fixture(scope="module")
+def subject():
+    model = build_tiny("qwen2-audio")
+    # Larger random weights than the default init so that edits move the label logits visibly.
+    with torch.no_grad():
+        for layer in model.model.language_model.layers:
+            for lin in (layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj):
+                lin.weight.normal_(0, 0.3, generator=torch.Generator().manual_seed(lin.weight.numel()))
+    inputs = tiny_inputs("qwen2-audio", model, batch=N_ITEMS, ragged=True, seed=3)
+    return FakeSubject(model, inputs)
+
+
+@pytest.fixture(scope="module")
+def df():
+    return pd.DataFrame({"idx": np.arange(N_ITEMS), "label": [LABELS[i % 4] for i in range(N_ITEMS)]})
+
+
+@pytest.fixture(scope="module")
+def shape(subject):
+    return gate_shape(subject.model)
+
+
+def _sets(L: int, N: int, m: int = 6, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for lbl in LABELS:
+        flat = torch.randperm(L * N, generator=g)[:m]
+        out[lbl] = torch.stack((flat // N, flat % N), 1)
+    return out
+
+
+def _record_gates(model):
+    seen: list[list[torch.Tensor]] = [[] for _ in gate_modules(model)]
+    handles = [
+        act.register_forward_hook(lambda m, a, o, i=i: seen[i].append(o.detach().clone()))
+        for i, act in enumerate(gate_modules(model))
+    ]
+    return seen, handles
+
+
+# ---------------------------------------------------------------------------------------------------- conditions
+def test_constructors_build_the_expected_scales():
+    pairs = torch.tensor([[0, 1], [1, 3], [1, 3]])  # duplicate collapses
+    d = I.deactivate(pairs, 2, 4)
+    expected = torch.ones(2, 4)
+    expected[0, 1] = expected[1, 3] = 0.0
+    assert torch.equal(d.scale, expected) and d.meta["n_neurons"] == 2
+    s = I.steer(pairs, 2, 4, -0.25)
+    assert s.scale[0, 1] == 0.75 and s.scale[1, 3] == 0.75 and s.scale.sum() == 6 + 1.5
+    j = I.joint({"a": [[0, 1]], "b": [[0, 1], [1, 0]]}, 2, 4, 2.0)  # shared neuron scaled once
+    assert j.scale[0, 1] == 3.0 and j.scale[1, 0] == 3.0 and (j.scale == 3.0).sum() == 2
+    c = I.combine(I.deactivate([[0, 1]], 2, 4), I.steer([[0, 1], [0, 2]], 2, 4, 1.0))
+    assert c.scale[0, 1] == 0.0 and c.scale[0, 2] == 2.0 and c.scale.sum() == 6 + 2
+    assert I.identity().is_identity and not d.is_identity
+
+
+def test_out_of_range_neurons_name_the_range_and_shape():
+    with pytest.raises(ValueError, match=r"layers must be in \[0, 2\).*neurons in \[0, 64\).*2 x 64"):
+        I.deactivate(torch.tensor([[0, 5], [2, 0]]), 2, 64)
+    with pytest.raises(ValueError, match=r"neurons in \[0, 64\)"):
+        I.steer([[1, 64]], 2, 64, 1.0)
+    with pytest.raises(ValueError, match=r"\[m, 2\]"):
+        I.deactivate(torch.tensor([1, 2, 3]), 2, 64)
+
+
+def test_condition_for_another_model_is_refused(subject, df):
+    L, N = gate_shape(subject.model)
+    with pytest.raises(ValueError, match=rf"3 x 8 gates but the model has {L} x {N}"):
+        I.run_conditions(subject, df, [I.deactivate([[0, 0]], 3, 8)], progress=False)
+
+
+@pytest.mark.parametrize("alpha", [float("inf"), float("nan"), 1e39, -1e39])
+def test_non_finite_alpha_is_refused(alpha):
+    with pytest.raises(ValueError, match="non-finite"):
+        I.steer([[0, 1]], 2, 4, alpha)
+    with pytest.raises(ValueError, match="non-finite"):
+        I.label_free("union", {"a": [[0, 1]]}, ["a", "b"], 2, 4, alpha)
+
+
+def test_overflowing_edit_names_the_condition(subject, df, shape):
+    L, N = shape
+    every = torch.cartesian_prod(torch.arange(L), torch.arange(N))
+    huge = I.steer(every, L, N, 3e38, name="way-too-loud")
+    with pytest.raises(NonFiniteEditError, match="way-too-loud"):
+        I.run_conditions(subject, df, [huge], progress=False)
+
+
+def test_label_free_scales_match_hand_computation():
+    labels = ["a", "b", "c"]
+    sets = {"a": [[0, 1]], "b": [[0, 1], [1, 2]], "c": []}
+    first = np.array([[2.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 3.0, 1.0]])
+    alpha = 0.5
+    p = np.exp(first) / np.exp(first).sum(1, keepdims=True)
+
+    two = I.label_free("two_pass", sets, labels, 2, 3, alpha, first_pass=first).scale_for([0, 1, 2])
+    exp = torch.ones(3, 2, 3)
+    exp[0, 0, 1] = 1.5  # item 0 -> a
+    exp[2, 0, 1] = exp[2, 1, 2] = 1.5  # item 2 -> b; item 1 -> c (empty set): unchanged
+    torch.testing.assert_close(two, exp)
+
+    mix = I.label_free("mix", sets, labels, 2, 3, alpha, first_pass=first).scale_for([0, 1, 2])
+    exp = torch.ones(3, 2, 3)
+    for i in range(3):
+        exp[i, 0, 1] = 1 + alpha * (p[i, 0] + p[i, 1])  # (0, 1) is in a and b: weights add
+        exp[i, 1, 2] = 1 + alpha * p[i, 1]
+    torch.testing.assert_close(mix, exp)
+    torch.testing.assert_close(
+        I.label_free("mix", sets, labels, 2, 3, alpha, first_pass=first).scale_for([2]), exp[2:3]
+    )
+
+    union = I.label_free("union", sets, labels, 2, 3, alpha).scale_for([0, 1, 2])
+    exp = torch.ones(1, 2, 3)
+    exp[0, 0, 1] = exp[0, 1, 2] = 1.5
+    torch.testing.assert_close(union, exp)
+
+    assert I.label_free("mix", sets, labels, 2, 3, 0.0, first_pass=first).is_identity
+    with pytest.raises(ValueError, match="first_pass"):
+        I.label_free("two_pass", sets, labels, 2, 3, alpha)
+
+
+# ---------------------------------------------------------------------------------------------------- the runner
+@pytest.mark.parametrize("positions", ["all", "audio"])
+def test_edit_changes_exactly_the_targeted_neurons(subject, df, shape, positions):
+    L, N = shape
+    pairs = torch.tensor([[0, 3], [0, 17], [0, 40], [1, 5]])
+    inputs = subject.batch_inputs(df)
+    seen, handles = _record_gates(subject.model)
+    try:
+        I.run_conditions(subject, df, [I.identity()], progress=False)
+        clean = seen[0][-1]
+        I.run_conditions(subject, df, [I.deactivate(pairs, L, N)], positions=positions, progress=False)
+        zeroed = seen[0][-1]
+        I.run_conditions(subject, df, [I.steer(pairs, L, N, 2.0)], positions=positions, progress=False)
+        loud = seen[0][-1]
+    finally:
+        for h in handles:
+            h.remove()
+    where = torch.ones_like(inputs["input_ids"], dtype=torch.bool)
+    if positions == "audio":
+        where = inputs["input_ids"] == AUDIO_ID
+        assert where.any() and (~where).any()
+    targeted = [3, 17, 40]
+    others = [j for j in range(N) if j not in targeted]
+    assert clean.shape == zeroed.shape == (N_ITEMS, inputs["input_ids"].shape[1], N)
+    assert clean[..., targeted][where].abs().min() > 0  # there was something to zero
+    assert torch.all(zeroed[..., targeted][where] == 0)
+    torch.testing.assert_close(zeroed[..., targeted][~where], clean[..., targeted][~where], rtol=0, atol=0)
+    torch.testing.assert_close(zeroed[..., others], clean[..., others], rtol=0, atol=0)
+    torch.testing.assert_close(loud[..., targeted][where], 3.0 * clean[..., targeted][where])
+    torch.testing.assert_close(loud[..., others], clean[..., others], rtol=0, atol=0)
+
+
+def test_batched_equals_sequential(subject, df, shape):
+    L, N = shape
+    sets = _sets(L, N, m=10)
+    base = I.run_conditions(subject, df, [I.identity()], progress=False)[0]
+    conds = [
+        I.identity(),
+        I.deactivate(sets["happy"], L, N),
+        I.steer(sets["angry"], L, N, 2.0),
+        I.steer(sets["angry"], L, N, -0.5),
+        I.combine(I.deactivate(sets["sad"], L, N), I.steer(sets["neutral"], L, N, 1.0)),
+        I.Condition("add", add=torch.full((L, N), 0.05)),
+        I.label_free("two_pass", sets, LABELS, L, N, 3.0, first_pass=base),
+        I.label_free("mix", sets, LABELS, L, N, 3.0, first_pass=base),
+        I.label_free("union", sets, LABELS, L, N, 1.0),
+    ]
+    for positions in ("all", "text"):
+        seq = I.run_conditions_sequential(subject, df, conds, batch_size=3, positions=positions, progress=False)
+        # max_rows=7 with batches of 3 -> 2 conditions per forward, and a ragged last batch of 2 -> 3 per forward
+        bat = I.run_conditions(subject, df, conds, batch_size=3, max_rows=7, positions=positions, progress=False)
+        assert bat.shape == seq.shape == (len(conds), N_ITEMS, len(LABELS))
+        np.testing.assert_allclose(bat, seq, rtol=1e-4, atol=1e-5)
+        margin = np.sort(seq, -1)[..., -1] - np.sort(seq, -1)[..., -2]
+        clear = margin > 1e-4
+        assert (bat.argmax(-1)[clear] == seq.argmax(-1)[clear]).all()
+        # the conditions really differ from each other (otherwise equality above would prove little)
+        assert not np.allclose(seq[1], seq[0]) and not np.allclose(seq[2], seq[3])
+        assert not np.allclose(seq[6], seq[7])
+    # inputs are built once per batch, whatever the number of conditions
+    subject.calls = 0
+    I.run_conditions(subject, df, conds, batch_size=4, progress=False)
+    assert subject.calls == 2
+
+
+def test_empty_set_is_a_no_op(subject, df, shape):
+    L, N = shape
+    base = I.run_conditions(subject, df, [I.identity()], batch_size=4, progress=False)[0]
+    empty = torch.zeros(0, 2, dtype=torch.long)
+    conds = [I.deactivate(empty, L, N), I.steer([], L, N, 5.0), I.joint({"a": empty}, L, N, 2.0)]
+    assert all(c.is_identity for c in conds)
+    out = I.run_conditions(subject, df, conds, batch_size=4, reuse_identity=False, progress=False)
+    for o in out:
+        np.testing.assert_array_equal(o, base)  # skipped layers: the very same computation
+    seq = I.run_conditions_sequential(subject, df, conds, batch_size=4, progress=False)
+    np.testing.assert_array_equal(seq[0], base)
+
+
+# ---------------------------------------------------------------------------------------------------- experiments
+def test_dose_response_k_zero_is_the_baseline(subject, df, shape):
+    L, N = shape
+    sets = _sets(L, N, m=12)
+    table = I.dose_response_k(subject, df, sets, [0, 4, 12, 50], selector="test", random_seeds=(0,), n_boot=50,
+                              progress=False)
+    assert set(table["target"]) == set(LABELS)
+    k0 = table[table["param"] == 0]
+    assert len(k0) == 2 * len(LABELS)  # the selector and one random seed, per emotion
+    assert (k0[["self_effect", "cross_effect", "gap"]] == 0).all().all()
+    assert (k0["uar_int"] == k0["uar_base"]).all() and (k0["k_effective"] == 0).all()
+    big = table[(table["param"] == 50) & ~table["control"]]
+    assert (big["k_effective"] == 12).all()  # prefix clipped to the set size
+    rnd = table[table["control"]]
+    assert (rnd["selector"] == "random(test)").all() and (rnd["seed"] == 0).all()
+    # deactivating some neurons must change something somewhere, or the experiment measures nothing
+    assert (table[table["param"] > 0]["uar_int"] != table[table["param"] > 0]["uar_base"]).any() or (
+        table[table["param"] > 0][["self_effect", "cross_effect"]].abs().to_numpy().sum() > 0
+    )
+
+
+def test_deactivation_experiment_tables(subject, df, shape):
+    L, N = shape
+    sets = {"sel": _sets(L, N, m=16, seed=1)}
+    sets["sel"]["sad"] = torch.zeros(0, 2, dtype=torch.long)  # an emotion with no neurons: a valid no-op
+    res = I.deactivation_experiment(subject, df, sets, random_seeds=(0, 1), n_boot=50, progress=False)
+    t = res.table
+    assert len(t) == 3 * len(LABELS)  # selector + 2 random seeds
+    assert set(t["selector"]) == {"sel", "random(sel)"}
+    rnd = t[t["control"]]
+    for lbl, m in (("happy", 16), ("sad", 0)):  # random controls match each emotion's set size
+        assert (rnd[rnd["target"] == lbl]["n_neurons"] == m).all()
+    sad = t[(t["selector"] == "sel") & (t["target"] == "sad")].iloc[0]
+    assert sad["self_effect"] == sad["gap"] == 0
+    assert math.isclose(sad["uar_int"], sad["uar_base"])
+    delta_cols = [f"delta_{lbl}" for lbl in LABELS]
+    row = t.iloc[0]
+    assert math.isclose(row["self_effect"], row[f"delta_{row['target']}"])
+    assert res.matrices["sel"].shape == (4, 4) and res.matrices["random(sel)"].shape == (4, 4)
+    np.testing.assert_allclose(res.matrices["sel"].loc["happy"].to_numpy(),
+                               t[(t["selector"] == "sel") & (t["target"] == "happy")][delta_cols].to_numpy()[0])
+    assert set(res.summary) == {"sel", "random(sel)"}
+    assert (res.comparison["n_seeds"] == 2).all() and len(res.comparison) == len(LABELS)
+    np.testing.assert_array_equal(res.y_base, res.logits[0].argmax(-1))
+
+
+def test_dose_response_alpha_and_steering(subject, df, shape):
+    L, N = shape
+    sets = _sets(L, N, m=16, seed=2)
+    alphas = [-1.0, 0.0, 4.0]
+    dose = I.dose_response_alpha(subject, df, sets, alphas, n_boot=0, progress=False)
+    assert len(dose) == len(LABELS) * len(alphas)
+    zero = dose[dose["param"] == 0.0]
+    assert (zero["gap"] == 0).all() and (zero["p_target_shift"].abs() < 1e-12).all()
+    assert {"acc_others_base", "acc_others_int", "flip_rate", "p_target_shift"} <= set(dose.columns)
+
+    table = I.steering_experiment(subject, df, sets, alphas, n_boot=20, progress=False)
+    assert set(table["strategy"]) == set(I.STRATEGIES)
+    lf = table[table["strategy"] != "targeted"]
+    assert (lf["target"] == "all").all()
+    np.testing.assert_array_equal(lf["flip_rate"].to_numpy(), lf["corrections"].to_numpy())
+    at0 = table[table["alpha"] == 0.0]
+    assert (at0["uar_change"] == 0).all() and (at0["damage"].fillna(0) == 0).all()
+    m = I.steering_metrics(table)
+    assert m["alpha"] == alphas and set(m["flip_rate"]) == set(I.STRATEGIES)
+    assert all(len(v) == len(alphas) for v in m["flip_rate"].values())
+    mean = table[(table["strategy"] == "targeted") & (table["target"] == "mean")].set_index("alpha")["flip_rate"]
+    per = table[(table["strategy"] == "targeted") & (table["target"].isin(LABELS))]
+    np.testing.assert_allclose(mean.loc[4.0], per[per["alpha"] == 4.0]["flip_rate"].mean())
+
+
+def test_non_additivity_table(subject, df, shape):
+    L, N = shape
+    sets = _sets(L, N, m=16, seed=4)
+    t = I.non_additivity(subject, df, sets, pairs=[("happy", "sad")], alpha=2.0, n_boot=50, progress=False)
+    assert len(t) == 2 * 2  # two targets x two measures
+    np.testing.assert_allclose(t["additive"], t["effect_a"] + t["effect_b"])
+    np.testing.assert_allclose(t["interaction"], t["joint"] - t["additive"])
+    # with disjoint sets on a nonlinear network the joint effect is generally not the sum
+    assert (t["interaction"].abs() > 0).any()
+    with pytest.raises(ValueError, match="no neuron set"):
+        I.non_additivity(subject, df, {"happy": sets["happy"]}, pairs=[("happy", "sad")], progress=False)
