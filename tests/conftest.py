@@ -23,6 +23,17 @@ def small_corpora(tmp_path_factory) -> dict[str, Path]:
     return {name: root / name for name in ("A", "B")}
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny matmuls are slower with several threads on a busy shared CPU (use via pytest.mark.usefixtures)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def organism():
     from helpers.organism import load_organism

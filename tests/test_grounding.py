@@ -24,12 +24,7 @@ N_AUDIO = ((N_FRAMES - 1) // 2 + 1 - 2) // 2 + 1  # 8 audio tokens
 N_TEXT = 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class FakeSubject:

@@ -56,13 +56,7 @@ LABELS = ("neutral", "happy", "angry", "sad")
 LETTER_IDS = {"A": 40, "B": 41, "C": 42, "D": 43}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matmuls are slower with several threads on a busy shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -77,3 +77,22 @@ def test_grounding_metrics(run):
     m = metrics(run, "06_grounding")
     assert set(m["grounding_coefficient"]) == {"early", "middle", "late"}
     assert all(0 <= v <= 1 for v in m["grounding_coefficient"].values() if v is not None)
+
+
+def test_grounding_skips_cleanly_without_pairs_or_text_context(tmp_path):
+    """A real-style dataset (no matched sets, no text contexts): chapter 06 says what it needs and writes metrics."""
+    import torch
+    from fixtures_datasets import make_crema_d
+
+    from helpers import neuron_sets
+
+    root = make_crema_d(tmp_path / "crema")
+    run_dir = tmp_path / "run"
+    pairs = {lbl: torch.tensor([[0, i]]) for i, lbl in enumerate(["neutral", "happy", "angry", "sad"])}
+    neuron_sets.save_sets(run_dir / "02_selectors" / "sets_X.json", {"mad": pairs}, n_layers=6, n_neurons=512)
+    overrides = {"datasets": {"X": {"loader": "crema_d", "root": str(root)}}}
+    nb = pipeline.execute_stage("06_grounding", CONFIG, overrides, run_dir=run_dir)
+    m = metrics(run_dir, "06_grounding")
+    assert m["grounding_coefficient"] == {}
+    assert "matched_id" in m["skipped"] or "context" in m["skipped"]
+    assert "Grounding skipped" in nb.read_text()
