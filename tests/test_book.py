@@ -118,3 +118,14 @@ def test_index_page_renders_figure_and_math_in_headless_chromium(built_book, tmp
 
     img = Image.open(shot).convert("L")
     assert len(set(img.getdata())) > 10, "the screenshot is blank"
+
+
+def test_real_model_config_fails_fast_and_clearly_without_weights(capsys):
+    """`make run NB=01_logging CONFIG=configs/<real>.yml` here: no weights, so a short message naming the fix."""
+    rc = pipeline.main(["run", "01_logging", "--config", str(ROOT / "configs" / "qwen2-audio-iemocap.yml"),
+                        "-p", "run_dir", str(ROOT / "runs" / "_test_no_weights")])
+    err = capsys.readouterr().err
+    shutil.rmtree(ROOT / "runs" / "_test_no_weights", ignore_errors=True)
+    assert rc == 1
+    assert "ModelNotAvailableError" in err and "hf download" in err
+    assert len(err) < 2000

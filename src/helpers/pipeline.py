@@ -149,11 +149,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_org.add_argument("--out", default=str(ROOT / "models" / "organism"))
     p_org.set_defaults(func=_cmd_organism)
     args = parser.parse_args(argv)
+    from papermill.exceptions import PapermillExecutionError
+
     try:
         args.func(args)
     except (ConfigError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except PapermillExecutionError as exc:
+        # the notebook's own error, without papermill's copy of the whole traceback
+        print(f"error: stage {getattr(args, 'stage', '?')} failed in cell {exc.exec_count}: {exc.ename}: "
+              f"{exc.evalue}\n(the partially executed notebook is kept as <run folder>/<stage>/<stage>.failed.ipynb)",
+              file=sys.stderr)
+        return 1
     return 0
 
 
