@@ -11,7 +11,7 @@ RUN := runs/organism
 HELPERS := $(wildcard src/helpers/*.py)
 ORGANISM := models/organism/model.safetensors models/organism/training_card.json
 CORPUS := data/corpus/A/manifest.json data/corpus/B/manifest.json
-MATHJAX := _static/mathjax/tex-svg.js
+MATHJAX := _vendor/mathjax/tex-svg.js
 STAGES ?= 00_organism 01_logging 02_selectors 03_deactivation 04_steering 05_transfer 06_grounding
 STAGE_NB = $(PYTHON) -m helpers.pipeline run $(1) --config $(CONFIG) --book-copy book/executed/$(1).ipynb
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -44,9 +44,9 @@ organism: $(STAMP) $(CORPUS)
 	$(PYTHON) -m helpers.pipeline organism --corpus data/corpus --out models/organism
 
 $(MATHJAX):
-	@mkdir -p _static/mathjax /tmp/mathjax-pack
+	@mkdir -p _vendor/mathjax /tmp/mathjax-pack
 	cd /tmp/mathjax-pack && npm pack --silent mathjax@3 >/dev/null && tar xzf mathjax-3*.tgz
-	cp -r /tmp/mathjax-pack/package/es5/. _static/mathjax/
+	cp -r /tmp/mathjax-pack/package/es5/. _vendor/mathjax/
 	@rm -rf /tmp/mathjax-pack
 
 # --- stages: each re-runs only when its notebook, the helpers, the config or its inputs changed

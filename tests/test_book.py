@@ -64,7 +64,7 @@ def test_failed_stage_leaves_no_finished_notebook(small_corpora, tmp_path):
 def built_book(executed_00, tmp_path_factory) -> Path:
     """The book's real config and prose pages with the executed test notebook, built with warnings as errors."""
     src = tmp_path_factory.mktemp("book")
-    for name in ("_config.yml", "_static", "bench"):
+    for name in ("_config.yml", "_vendor", "bench"):
         target = ROOT / name
         (shutil.copytree if target.is_dir() else shutil.copy)(target, src / name)
     shutil.copytree(ROOT / "book", src / "book", ignore=shutil.ignore_patterns("executed"))
@@ -89,6 +89,7 @@ def test_book_builds_with_chapter_and_vendored_mathjax(built_book):
     assert page.count("<img") >= 4, "chapter 00 should show its figures (spectrograms, prosody, curves, confusion)"
     index = (built_book / "book" / "intro.html").read_text()
     assert "mathjax/tex-svg.js" in index and "cdn.jsdelivr" not in index
+    assert index.count("_static/mathjax/") == 1, "only the one MathJax bundle may be loaded"
     assert (built_book / "_static" / "mathjax" / "tex-svg.js").is_file()
 
 

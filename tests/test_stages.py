@@ -37,9 +37,12 @@ def metrics(run: Path, stage: str) -> dict:
     return json.loads((run / stage / "metrics.json").read_text())
 
 
-def test_logging_metrics(run):
+def test_logging_metrics(run, small_corpora):
+    from helpers import corpus
+
     m = metrics(run, "01_logging")
-    assert m["items"] == 4 * 8 and 0 < m["correct"] <= m["items"]
+    expected = len(corpus.load(small_corpora["A"], split="identify").groupby("label").head(8))
+    assert m["items"] == expected and 0 < m["correct"] <= m["items"]
     assert set(m["tokens"]) == {"neutral", "happy", "angry", "sad"}
     assert (run / "01_logging" / "stats_A.safetensors").is_file()
     assert (run / "01_logging" / "stats_B.safetensors").is_file()

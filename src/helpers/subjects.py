@@ -670,6 +670,8 @@ def load_items(
     else:
         from .speech_datasets import load_dataset
 
+        # `context` selects a synthetic corpus's text-context rows; a real dataset has one row per clip
+        kwargs = {k: v for k, v in kwargs.items() if k != "context"}
         opts = {"labels": labels, "seed": int(params.get("seed", 0) or 0), **spec.options, **kwargs}
         df = load_dataset(
             spec.loader, root=spec.root, hub_id=spec.hub_id, allow_hub=bool(params.get("allow_hub", False)), **opts
