@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -315,7 +315,8 @@ def mlp_parameters(model: nn.Module) -> list[nn.Parameter]:
 
 
 def train_decoder(org: Organism, audio_emb: torch.Tensor, input_ids: torch.Tensor, y: torch.Tensor,
-                  cfg: OrganismConfig, log: list[dict], eval_fn=None, verbose: bool = False) -> None:  # noqa: ANN001
+                  cfg: OrganismConfig, log: list[dict], eval_fn: Callable[[], dict[str, float]] | None = None,
+                  verbose: bool = False) -> None:
     """Stage 2: only decoder MLPs learn to answer; cross-entropy over the label words at the last position."""
     model = org.model
     for p in model.parameters():
@@ -378,7 +379,8 @@ def train_organism(corpus_dirs: dict[str, str | Path], out_dir: str | Path, cfg:
     # the train split has one context row per clip, so rows == clips
     feats = featurize(org, train)
     log: list[dict] = []
-    print(f"features ready after {time.time() - t_start:.1f}s", flush=True) if progress else None
+    if progress:
+        print(f"features ready after {time.time() - t_start:.1f}s", flush=True)
     train_encoder(org, feats, prosody_targets(train), cfg, log, verbose=progress)
     with torch.no_grad():
         audio_emb = torch.cat([_audio_embeddings(org.model, feats[i : i + 256]) for i in range(0, len(feats), 256)])
