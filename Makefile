@@ -7,13 +7,21 @@ BIN := $(VENV)/bin
 PYTHON := $(BIN)/python
 STAMP := $(VENV)/.installed
 CONFIG ?= configs/organism.yml
+# NB, CONFIG and PARAMS are user text: keep them unexpanded (a `$(shell ...)` in them stays text) and hand them
+# to Python through the environment, quoted ("$$NB"), never pasted into a recipe where the shell would parse them.
+override NB := $(value NB)
+override CONFIG := $(value CONFIG)
+override PARAMS := $(value PARAMS)
+export NB CONFIG PARAMS
+space := $(subst ,, )
+CONFIG_DEP := $(subst $(space),\ ,$(CONFIG))
 RUN := runs/organism
 HELPERS := $(wildcard src/helpers/*.py)
 ORGANISM := models/organism/model.safetensors models/organism/training_card.json
 CORPUS := data/corpus/A/manifest.json data/corpus/B/manifest.json
 MATHJAX := _vendor/mathjax/tex-svg.js
 STAGES ?= 00_organism 01_logging 02_selectors 03_deactivation 04_steering 05_transfer 06_grounding
-STAGE_NB = $(PYTHON) -m helpers.pipeline run $(1) --config $(CONFIG) --book-copy book/executed/$(1).ipynb
+STAGE_NB = $(PYTHON) -m helpers.pipeline run '$(1)' --config "$$CONFIG" --book-copy 'book/executed/$(1).ipynb'
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export HF_HUB_OFFLINE := 1
 export PYTHONHASHSEED := 0
@@ -50,7 +58,7 @@ $(MATHJAX):
 	@rm -rf /tmp/mathjax-pack
 
 # --- stages: each re-runs only when its notebook, the helpers, the config or its inputs changed
-$(RUN)/%/metrics.json: notebooks/%.md $(HELPERS) $(CONFIG) $(ORGANISM) $(CORPUS) | $(STAMP)
+$(RUN)/%/metrics.json: notebooks/%.md $(HELPERS) $(CONFIG_DEP) $(ORGANISM) $(CORPUS) | $(STAMP)
 	$(call STAGE_NB,$*)
 $(RUN)/02_selectors/metrics.json: $(RUN)/01_logging/metrics.json
 $(RUN)/03_deactivation/metrics.json $(RUN)/04_steering/metrics.json: $(RUN)/02_selectors/metrics.json
@@ -65,8 +73,8 @@ book: $(STAMP) $(MATHJAX) $(foreach s,$(STAGES),book/executed/$(s).ipynb)
 	@echo "book: _build/html/index.html"
 
 run: $(STAMP) $(CORPUS)
-	@test -n "$(NB)" || { echo "usage: make run NB=<stage> CONFIG=<file> [PARAMS='-p name value']"; exit 2; }
-	$(PYTHON) -m helpers.pipeline run $(NB) --config $(CONFIG) $(PARAMS)
+	@test -n "$$NB" || { echo "usage: make run NB=<stage> CONFIG=<file> [PARAMS='-p name value']"; exit 2; }
+	$(PYTHON) -m helpers.pipeline run "$$NB" --config "$$CONFIG" --params="$$PARAMS"
 
 browser:
 	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium >/dev/null; }

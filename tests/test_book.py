@@ -51,7 +51,11 @@ def test_unknown_stage_and_bad_config_fail_clearly(tmp_path):
 
 
 def test_failed_stage_leaves_no_finished_notebook(small_corpora, tmp_path):
-    overrides = {"datasets": {"A": str(tmp_path / "nowhere"), "B": str(tmp_path / "nowhere")}}
+    # a corpus table whose audio is missing passes the pipeline's pre-kernel checks and fails inside the notebook
+    broken = tmp_path / "no-audio"
+    broken.mkdir()
+    shutil.copy(small_corpora["A"] / "metadata.csv", broken / "metadata.csv")
+    overrides = {"datasets": {"A": str(broken), "B": str(broken)}}
     with pytest.raises(Exception, match="make corpus"):
         pipeline.execute_stage("00_organism", ROOT / "configs" / "organism.yml", overrides, run_dir=tmp_path / "r")
     stage = tmp_path / "r" / "00_organism"
@@ -121,12 +125,11 @@ def test_index_page_renders_figure_and_math_in_headless_chromium(built_book, tmp
     assert len(set(img.getdata())) > 10, "the screenshot is blank"
 
 
-def test_real_model_config_fails_fast_and_clearly_without_weights(capsys):
+def test_real_model_config_fails_fast_and_clearly_without_weights(capsys, tmp_path):
     """`make run NB=01_logging CONFIG=configs/<real>.yml` here: no weights, so a short message naming the fix."""
     rc = pipeline.main(["run", "01_logging", "--config", str(ROOT / "configs" / "qwen2-audio-iemocap.yml"),
-                        "-p", "run_dir", str(ROOT / "runs" / "_test_no_weights")])
+                        "-p", "run_dir", str(tmp_path / "run")])
     err = capsys.readouterr().err
-    shutil.rmtree(ROOT / "runs" / "_test_no_weights", ignore_errors=True)
     assert rc == 1
     assert "ModelNotAvailableError" in err and "hf download" in err
     assert len(err) < 2000

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["AudioLoadError", "SamplingRateError", "check_sampling_rate", "load_audio", "read_info"]
+__all__ = [
+    "AudioChannelWarning", "AudioLoadError", "SamplingRateError", "check_sampling_rate", "load_audio", "read_info",
+]  # fmt: skip
 
 #: Containers soundfile cannot read; MELD ships its utterances as MP4 clips.
 _VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4a", ".aac"}
@@ -24,6 +27,10 @@ _VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4a", ".aac"}
 
 class AudioLoadError(RuntimeError):
     """An audio file exists but cannot be decoded; the message names the file and suggests a fix."""
+
+
+class AudioChannelWarning(UserWarning):
+    """A multi-channel file whose channels cancel when averaged to mono (the model would hear near silence)."""
 
 
 class SamplingRateError(ValueError):
@@ -69,9 +76,11 @@ def load_audio(source: str | os.PathLike[str] | Mapping[str, Any], target_sr: in
     """Decode ``source`` to a mono float32 waveform at ``target_sr`` Hz.
 
     ``source`` is a file path or an undecoded ``datasets`` audio dict (``Audio(decode=False)``). Multi-channel
-    audio is averaged to mono (RAVDESS and some MELD extractions are stereo) and resampled with soxr (HQ), so
+    audio is averaged to mono (RAVDESS and some MELD extractions are stereo; an :class:`AudioChannelWarning` when
+    the channels cancel) and resampled with soxr (HQ), so
     that every model sees the same rate whatever the corpus was recorded at. soundfile + soxr rather than
     ``datasets.Audio`` decoding, which needs torchcodec and that does not load with the CPU torch build.
+    Empty files and files with NaN/Inf samples raise :class:`AudioLoadError` naming the file.
     """
     import soundfile as sf
     import soxr
@@ -82,14 +91,39 @@ def load_audio(source: str | os.PathLike[str] | Mapping[str, Any], target_sr: in
     target = _open_target(source)
     try:
         data, sr = sf.read(target, dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, TypeError) as err:
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, OSError) as err:
         raise AudioLoadError(f"cannot decode audio file {name}: {err}.{_decode_hint(name)}") from err
     if data.shape[0] == 0:
         raise AudioLoadError(f"audio file {name} contains no samples.{_decode_hint(name)}")
-    wav = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+    finite = np.isfinite(data)
+    if not finite.all():
+        n_bad = int((~finite).sum())
+        raise AudioLoadError(
+            f"audio file {name} contains {n_bad} NaN/Inf sample(s) of {data.size}: the file is corrupt (a float WAV "
+            "written from diverged values?). Re-extract or re-export it, or drop it from the dataset."
+        )
+    wav = _mono(data, name)
     if int(sr) != int(target_sr):
         wav = soxr.resample(wav, int(sr), int(target_sr), quality="HQ")
     return np.ascontiguousarray(wav, dtype=np.float32)
+
+
+def _mono(data: np.ndarray, name: str) -> np.ndarray:
+    """Average the channels; warn when they cancel (opposite phase), since the mix is then near silence."""
+    if data.shape[1] == 1:
+        return data[:, 0]
+    wav = data.mean(axis=1)
+    rms_channels = float(np.sqrt(np.mean(data.astype(np.float64) ** 2)))
+    rms_mix = float(np.sqrt(np.mean(wav.astype(np.float64) ** 2)))
+    if rms_channels > 1e-6 and rms_mix < 0.1 * rms_channels:
+        warnings.warn(
+            f"audio file {name}: its {data.shape[1]} channels cancel when mixed to mono (opposite phase?): the mix is "
+            f"{20 * np.log10(max(rms_mix, 1e-12) / rms_channels):.0f} dB below the channels. Fix the file, e.g. keep "
+            f"one channel: `ffmpeg -i {Path(name).name} -af 'pan=mono|c0=c0' {Path(name).stem}_mono.wav`.",
+            AudioChannelWarning,
+            stacklevel=3,
+        )
+    return wav
 
 
 def read_info(source: str | os.PathLike[str] | Mapping[str, Any]) -> tuple[int, int, int]:
@@ -100,7 +134,7 @@ def read_info(source: str | os.PathLike[str] | Mapping[str, Any]) -> tuple[int, 
     target = _open_target(source)
     try:
         info = sf.info(target)
-    except (sf.LibsndfileError, RuntimeError, TypeError) as err:
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, OSError) as err:
         raise AudioLoadError(f"cannot read the header of audio file {name}: {err}.{_decode_hint(name)}") from err
     return int(info.samplerate), int(info.frames), int(info.channels)
 

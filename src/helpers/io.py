@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -30,6 +31,63 @@ STAGES: tuple[str, ...] = (
 
 class ConfigError(ValueError):
     """A configuration value is missing or malformed; the message names the key and the fix."""
+
+
+#: Set by :mod:`helpers.pipeline` while a stage runs: ``{"run_dir": ..., "stage": ..., "dir": ...}``. The stage's
+#: :func:`stage_dir` is then that fresh folder, which replaces ``<run_dir>/<stage>`` in one rename on success.
+STAGING_ENV = "ESN_STAGE_STAGING"
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML with YAML 1.2 scalars: ``5e-3`` and ``1.0e30`` are floats (PyYAML's YAML 1.1 reads them as strings),
+    only ``true``/``false`` are booleans (``yes``, ``no``, ``on``, ``off`` stay strings), ``012`` is 12, and a
+    mapping may not repeat a key."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        self.flatten_mapping(node)
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                dup = key in seen
+                seen.add(key)
+            except TypeError:
+                continue
+            if dup:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark, f"found the key {key!r} twice", key_node.start_mark
+                )
+        return super().construct_mapping(node, deep=deep)
+
+
+_YAML_12 = {"tag:yaml.org,2002:float", "tag:yaml.org,2002:bool", "tag:yaml.org,2002:int"}
+_Loader.yaml_implicit_resolvers = {
+    first: [r for r in resolvers if r[0] not in _YAML_12]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+_Loader.add_implicit_resolver("tag:yaml.org,2002:int", re.compile(r"^[-+]?[0-9][0-9_]*$"), list("-+0123456789"))
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+_Loader.add_constructor(
+    "tag:yaml.org,2002:int", lambda loader, node: int(loader.construct_scalar(node).replace("_", ""))
+)
+
+
+def yaml_load(text: str) -> Any:
+    """Parse YAML the way configs and ``-p`` values are read (see :class:`_Loader`); never constructs objects."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
 
 
 def _atomic(path: Path, write: Callable[[Path], None]) -> Path:
@@ -62,6 +120,13 @@ def atomic_save(path: str | Path, save: Callable[[Path], None]) -> Path:
     return _atomic(Path(path), save)
 
 
+def save_figure(fig: Any, path: str | Path, *, dpi: int = 110) -> Path:
+    """Write a matplotlib figure atomically (format from the suffix), tightly cropped, for the stage folder."""
+    target = Path(path)
+    fmt = target.suffix.lstrip(".") or "png"
+    return _atomic(target, lambda p: fig.savefig(p, format=fmt, dpi=dpi, bbox_inches="tight"))
+
+
 def _jsonable(x: Any) -> Any:
     if hasattr(x, "tolist"):
         x = x.tolist()
@@ -89,25 +154,50 @@ def read_metrics(stage_dir: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+def _staging() -> dict[str, str] | None:
+    text = os.environ.get(STAGING_ENV)
+    if not text:
+        return None
+    try:
+        spec = json.loads(text)
+    except ValueError:
+        return None
+    return spec if isinstance(spec, dict) and {"run_dir", "stage", "dir"} <= set(spec) else None
+
+
 def stage_dir(run_dir: str | Path, stage: str) -> Path:
-    """The folder of ``stage`` inside ``run_dir``; refuses unknown stage names and escapes from the run folder."""
+    """The folder of ``stage`` inside ``run_dir``; refuses unknown stage names and escapes from the run folder.
+
+    While :mod:`helpers.pipeline` runs ``stage`` (see :data:`STAGING_ENV`), its own folder is the pipeline's fresh
+    staging folder, so a notebook writes a complete new result or nothing; other stages' folders are returned as
+    they are, for reading, and not created.
+    """
     if stage not in STAGES:
         raise ConfigError(f"unknown stage {stage!r}; stages are {list(STAGES)}")
     root = Path(run_dir).resolve()
     out = (root / stage).resolve()
     if root not in out.parents:
         raise ConfigError(f"stage folder {out} would lie outside the run folder {root}")
+    staging = _staging()
+    if staging is not None and Path(staging["run_dir"]).resolve() == root:
+        if staging["stage"] != stage:
+            return out  # an upstream stage: read only
+        out = Path(staging["dir"])
     out.mkdir(parents=True, exist_ok=True)
     return out
 
 
 def load_config(path: str | Path) -> dict[str, Any]:
-    """Read a papermill parameter file (YAML mapping) with a clear message when it is missing or malformed."""
+    """Read a papermill parameter file (YAML mapping) with a clear message when it is missing or malformed.
+
+    Parsed with :func:`yaml_load` (``5e-3`` is a number, only ``true``/``false`` are booleans, no repeated keys);
+    the keys and values are checked against the typed schema by :func:`helpers.config.resolve`.
+    """
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {p} does not exist; the shipped configs are in configs/")
     try:
-        data = yaml.safe_load(p.read_text())
+        data = yaml_load(p.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {p} is not valid YAML: {exc}") from exc
     if not isinstance(data, dict):

@@ -4,110 +4,475 @@ papermill cannot read jupytext sources directly, so each MyST source is read wit
 papermill as a notebook object. A run's folder is named by its configuration; extra ``-p`` parameters give a
 folder of their own (``runs/<name>+<hash>``) so a re-run with new parameters never overwrites another
 configuration's results.
+
+Before a kernel starts, everything that can be checked without one is (:mod:`helpers.config`): the stage name,
+every key and value of the config and the ``-p`` overrides, the run folder, the model source and the datasets, and
+that the upstream stages' outputs were produced with the same parameters (each stage folder holds a
+``stage.json`` with the parameters it ran with and their hash). A stage then runs *transactionally*: it writes
+into a fresh hidden folder ``<run>/.<stage>.<token>.tmp`` (:func:`helpers.io.stage_dir` points there while it
+runs) that replaces ``<run>/<stage>`` in one rename when the notebook succeeded. An interrupted or failed stage
+leaves the previous complete result (or nothing); leftovers of a killed run are removed at the next start.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
+import contextlib
+import ctypes
+import errno
+import fcntl
 import json
+import logging
 import os
+import re
+import secrets
+import shlex
 import shutil
+import signal
 import sys
-from collections.abc import Mapping, Sequence
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from .io import STAGES, ConfigError, atomic_save, load_config, require
+from . import config as cfg
+from .io import STAGES, STAGING_ENV, ConfigError, atomic_save, atomic_write_text, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = ROOT / "notebooks"
+#: The per-stage record of the parameters a result was produced with.
+STAGE_RECORD = "stage.json"
+#: Hidden staging / replaced folders inside a run folder: ``.<stage>.<token>.tmp`` and ``.<stage>.<token>.old``.
+_SCRATCH = re.compile(r"^\.(?P<stage>[0-9]{2}_[a-z0-9_]+)\.(?P<token>[0-9a-f]{8})\.(?P<kind>tmp|old)$")
+#: Temporary files of the atomic writers (``.<stem>.<random>.tmp<suffix>``, ``.<name>.tmp-<pid>``).
+_TMP_FILE = re.compile(r"^\..+\.tmp(-\d+)?(\.[A-Za-z0-9]+)?$")
+_STALE_SECONDS = 60.0
 
 
-def parse_value(text: str) -> Any:
-    """``-p name value`` values are YAML scalars or collections, as in papermill's ``-y``."""
+class InputError(RuntimeError):
+    """An input of a stage (model weights, a dataset) is not usable; raised before the kernel starts."""
+
+
+def parse_value(text: str, name: str | None = None) -> Any:
+    """``-p name value`` values are YAML (``5e-3`` is a number, ``[a, b]`` a list), as in papermill's ``-y``."""
+    if name is not None:
+        return cfg.parse_override(name, text, NOTEBOOKS)
+    from .io import yaml_load
+
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
+        return yaml_load(text)
+    except Exception:  # noqa: BLE001 - not YAML: the text itself
         return text
 
 
-def run_dir_for(config: Mapping[str, Any], overrides: Mapping[str, Any], root: Path = ROOT) -> Path:
-    """``runs/<run_name>`` for the config as shipped; ``runs/<run_name>+<hash>`` when parameters are overridden."""
-    if "run_dir" in overrides:
-        return Path(overrides["run_dir"]).resolve()
-    name = require(config, "run_name", str)
-    if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
-        raise ConfigError(f"run_name {name!r} may use letters, digits, '-', '_' and '.' only")
-    if overrides:
-        digest = hashlib.sha256(json.dumps(dict(overrides), sort_keys=True, default=str).encode()).hexdigest()[:8]
-        name = f"{name}+{digest}"
-    return (root / "runs" / name).resolve()
+def check_stage(stage: Any) -> str:
+    """The stage name, checked before anything is created: ``NN_name``, one of :data:`helpers.io.STAGES`."""
+    if not isinstance(stage, str) or not cfg.STAGE_NAME.match(stage) or stage not in STAGES:
+        shown = repr(stage) if len(repr(stage)) < 80 else repr(stage)[:77] + "..."
+        raise ConfigError(
+            f"unknown stage {shown}{cfg.did_you_mean(str(stage), STAGES)}; stages are {list(STAGES)} "
+            "(NB=<stage> in `make run`)"
+        )
+    return stage
 
 
 def notebook_source(stage: str) -> Path:
-    if stage not in STAGES:
-        raise ConfigError(f"unknown stage {stage!r}; stages are {list(STAGES)} (NB=<stage> in `make run`)")
+    check_stage(stage)
     path = NOTEBOOKS / f"{stage}.md"
     if not path.is_file():
         raise ConfigError(f"stage {stage!r} has no notebook source at {path}")
     return path
 
 
+def run_dir_for(config: Mapping[str, Any], overrides: Mapping[str, Any], root: Path = ROOT) -> Path:
+    """``runs/<run_name>`` for the config as shipped; ``runs/<run_name>+<hash>`` when parameters are overridden."""
+    if "run_dir" in overrides:
+        return Path(str(overrides["run_dir"])).expanduser().resolve()
+    name = config.get("run_name")
+    if not isinstance(name, str) or not cfg.RUN_NAME.match(name) or ".." in name:
+        raise ConfigError(
+            f"config key `run_name` must be a folder name of letters, digits, '.', '_' and '-' (results go to "
+            f"runs/<run_name>/), got {name!r}; add e.g. `run_name: my-run` to the config"
+        )
+    rest = {k: v for k, v in overrides.items() if k != "run_dir"}
+    if rest:
+        name = f"{name}+{cfg.params_hash(rest)[:8]}"
+    return (root / "runs" / name).resolve()
+
+
+def check_run_dir(rdir: Path, stage: str) -> None:
+    """The run folder must be a folder we may fill: not a file, not the checkout or its parents, not someone's
+    non-empty folder that is no run folder; inside the checkout only under runs/."""
+    rdir = Path(rdir)
+    fix = "pass -p run_dir <a new or existing run folder>"
+    if rdir.exists() and not rdir.is_dir():
+        raise ConfigError(f"run folder {rdir} is a file, not a folder; {fix}")
+    if rdir == ROOT or rdir in ROOT.parents or rdir == Path.home().resolve() or rdir == Path(rdir.anchor):
+        raise ConfigError(f"run folder {rdir} is the checkout, a parent of it or your home folder; {fix}")
+    if rdir.is_relative_to(ROOT) and not rdir.is_relative_to(ROOT / "runs"):
+        raise ConfigError(f"run folder {rdir} lies inside the checkout but not under runs/; {fix}")
+    if (rdir / stage).exists() and not (rdir / stage).is_dir():
+        raise ConfigError(f"{rdir / stage} is a file, not a stage folder; remove it or {fix}")
+    if rdir.is_dir():
+        names = {p.name for p in rdir.iterdir()}
+        looks_like_run = bool(names & ({"config.yml"} | set(STAGES))) or any(_SCRATCH.match(n) for n in names)
+        if names and not looks_like_run:
+            raise ConfigError(
+                f"run folder {rdir} is not empty and holds no run (no config.yml, no stage folder): refusing to "
+                f"write into it; {fix}"
+            )
+
+
+def _writable(rdir: Path) -> None:
+    try:
+        rdir.mkdir(parents=True, exist_ok=True)
+        probe = rdir / f".write-test.{secrets.token_hex(4)}.tmp"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write the run folder {rdir} ({exc.strerror or exc}); make it writable or pass "
+            "-p run_dir <a writable folder>"
+        ) from None
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Scratch folders: staging, swapping, cleaning up after crashes
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _locked_elsewhere(path: Path) -> bool:
+    """Whether a live process holds the lock of a staging folder (the lock dies with its process, even on kill)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def clean_stale(rdir: Path) -> list[str]:
+    """Remove what killed runs left in ``rdir``: staging folders no live process holds, replaced stage folders
+    (restored if the swap was cut between its two renames) and temporary files of the atomic writers. Returns the
+    names removed or restored."""
+    done: list[str] = []
+    if not Path(rdir).is_dir():
+        return done
+    now = time.time()
+    for entry in sorted(Path(rdir).iterdir()):
+        m = _SCRATCH.match(entry.name)
+        if m and entry.is_dir() and not _locked_elsewhere(entry):
+            target = Path(rdir) / m["stage"]
+            if m["kind"] == "old" and not target.exists():
+                os.rename(entry, target)  # the previous complete result, moved aside just before a crash
+                done.append(f"restored {target.name}")
+                continue
+            shutil.rmtree(entry, ignore_errors=True)
+            done.append(entry.name)
+    for folder in [Path(rdir), *(Path(rdir) / s for s in STAGES)]:
+        if not folder.is_dir():
+            continue
+        for f in folder.iterdir():
+            if f.is_file() and _TMP_FILE.match(f.name) and now - f.stat().st_mtime > _STALE_SECONDS:
+                f.unlink(missing_ok=True)
+                done.append(str(f.relative_to(rdir)))
+    return done
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two folders atomically (Linux ``renameat2(RENAME_EXCHANGE)``); False where unsupported."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EPERM, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _commit(tmp: Path, target: Path, token: str) -> None:
+    """Make ``tmp`` the stage folder ``target`` in one rename (swap with the old one, which ``tmp`` then holds)."""
+    if not target.exists():
+        os.rename(tmp, target)
+        return
+    if _exchange(tmp, target):
+        return
+    old = target.with_name(f".{target.name}.{token}.old")  # fallback: two renames; clean_stale repairs a cut
+    os.rename(target, old)
+    os.rename(tmp, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _staging(rdir: Path, stage: str) -> Iterator[tuple[Path, str]]:
+    token = secrets.token_hex(4)
+    tmp = rdir / f".{stage}.{token}.tmp"
+    tmp.mkdir()
+    fd = os.open(tmp, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        yield tmp, token
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # after a commit it holds the replaced result (or is gone)
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _env(name: str, value: str) -> Iterator[None]:
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+
+
+#: Lines the kernel process prints on every start (not about the notebook); dropped from its replayed stderr.
+_KERNEL_NOISE = ("Kernel is running over TCP without encryption",)
+
+
+def _kernel_manager(stderr: Any) -> type:
+    """The kernel manager nbclient uses, with the kernel process's own stderr sent to ``stderr`` (a file): the
+    kernel's start-up warnings and its shutdown traceback after Ctrl-C are not the user's business; a notebook's
+    errors come back through papermill, and what a dying kernel printed is replayed by :func:`execute_stage`."""
+    from jupyter_client import AsyncKernelManager
+
+    class QuietKernelManager(AsyncKernelManager):
+        async def _async_launch_kernel(self, kernel_cmd: list[str], **kw: Any) -> None:
+            kw.setdefault("stderr", stderr)
+            await super()._async_launch_kernel(kernel_cmd, **kw)
+
+    return QuietKernelManager
+
+
+def _replay(log: Any, limit: int = 20) -> None:
+    log.seek(0)
+    lines = [ln for ln in log.read().decode(errors="replace").splitlines()
+             if ln.strip() and not any(n in ln for n in _KERNEL_NOISE)]
+    if lines:
+        print("kernel stderr (last lines):\n  " + "\n  ".join(lines[-limit:]), file=sys.stderr)
+
+
+class _QuietUnknownParameters(logging.Filter):
+    """The subject keys are read through ``config_params(globals())``, not the parameters cell; papermill's
+    "Passed unknown parameter" for them is noise (every key was validated before)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith("Passed unknown parameter")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Parameter records
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def read_record(stage_folder: Path) -> dict[str, Any] | None:
+    """A stage folder's ``stage.json`` (None when it has none: made by hand or by an older version)."""
+    path = Path(stage_folder) / STAGE_RECORD
+    if not path.is_file():
+        return None
+    try:
+        rec = json.loads(path.read_text())
+    except ValueError as exc:
+        raise ConfigError(f"{path} is not valid JSON ({exc}); re-run stage {Path(stage_folder).name}") from None
+    return rec if isinstance(rec, dict) and isinstance(rec.get("params"), dict) else None
+
+
+def _rerun(stage: str) -> str:
+    return f"make run NB={stage} CONFIG=<this config> PARAMS='<the same -p parameters>'"
+
+
+def check_inputs(rdir: Path, info: cfg.StageInfo, effective: Mapping[str, Any]) -> dict[str, str]:
+    """Refuse upstream outputs produced under other parameters; return ``{upstream: params hash}`` to record.
+
+    Walks the upstream stages and theirs (as recorded): each must exist, must have been produced with the same
+    lineage parameters (:func:`helpers.config.lineage_mismatches`) and must not have been re-run since a stage
+    that used it was produced.
+    """
+    inputs: dict[str, str] = {}
+    todo: list[tuple[str, dict[str, Any]]] = []
+    for up in info.upstream:
+        folder = rdir / up
+        if not folder.is_dir():
+            raise ConfigError(f"stage {info.name} reads the outputs of {up}, which {rdir} does not have; run it "
+                              f"first: {_rerun(up)}")
+        rec = read_record(folder)
+        if rec is None:
+            print(f"note: {folder} has no {STAGE_RECORD} (made by hand or by an older version): its parameters "
+                  "cannot be checked", file=sys.stderr)
+            continue
+        inputs[up] = str(rec.get("params_sha256"))
+        todo.append((up, rec))
+    seen: set[str] = set()
+    while todo:
+        name, rec = todo.pop(0)
+        if name in seen:
+            continue
+        seen.add(name)
+        bad = cfg.lineage_mismatches(effective, rec["params"])
+        if bad:
+            raise ConfigError(
+                f"stage {info.name}: the outputs of {name} in {rdir} were produced with other parameters "
+                f"({'; '.join(bad)}); re-run {name} with this configuration first ({_rerun(name)}), or run "
+                f"{info.name} with the parameters recorded in {rdir / name / STAGE_RECORD}"
+            )
+        for anc, sha in (rec.get("inputs") or {}).items():
+            arec = read_record(rdir / anc)
+            if arec is None:
+                continue
+            if arec.get("params_sha256") != sha:
+                raise ConfigError(
+                    f"stage {info.name}: {name} in {rdir} was computed from an earlier {anc} (re-run since with "
+                    f"other parameters); re-run {name} first: {_rerun(name)}"
+                )
+            todo.append((anc, arec))
+    return inputs
+
+
+def preflight(info: cfg.StageInfo, effective: Mapping[str, Any]) -> None:
+    """Model source and datasets, checked in seconds before a kernel loads anything (raises InputError)."""
+    reads = info.reads
+    if not ({"model_path", "datasets"} & reads):
+        return
+    from .models import ModelNotAvailableError, RemoteCodeNotAllowedError, UnknownAdapterError
+    from .schema import SchemaError
+    from .speech_datasets import DatasetNotAvailable
+    from .subjects import check_datasets, check_model_source
+
+    try:
+        if {"model", "model_path"} <= reads and {"model", "model_path"} <= set(effective):
+            check_model_source(effective)
+        if "datasets" in reads and "datasets" in effective:
+            check_datasets(effective)
+    except (ModelNotAvailableError, RemoteCodeNotAllowedError, UnknownAdapterError, DatasetNotAvailable, SchemaError,
+            FileNotFoundError) as exc:
+        raise InputError(f"{type(exc).__name__}: {exc}") from None
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Running a stage
+# ---------------------------------------------------------------------------------------------------------------------
+
+
 def execute_stage(stage: str, config_path: str | Path, overrides: Mapping[str, Any] | None = None,
                   *, run_dir: str | Path | None = None, log_output: bool = False) -> Path:
     """Run one stage notebook with papermill; returns the executed notebook's path inside the run folder.
 
-    The executed notebook is written to a temporary name and renamed only on success, so a failed stage
-    leaves no notebook that looks finished (papermill's own partial output is kept as ``*.failed.ipynb``).
+    Everything is validated first (nothing is created before); the stage then runs in a staging folder that
+    replaces its stage folder only on success. A failed stage keeps the previous result and leaves the partially
+    executed notebook as ``<run>/<stage>/<stage>.failed.ipynb``.
     """
+    check_stage(stage)
+    source = notebook_source(stage)
+    config = load_config(config_path)
+    overrides = dict(overrides or {})
+    if run_dir is not None:
+        overrides["run_dir"] = str(run_dir)
+    resolved = cfg.resolve(stage, config, overrides, notebooks=NOTEBOOKS, source=str(config_path))
+    info = cfg.stage_info(stage, NOTEBOOKS)
+    rdir = run_dir_for(resolved.merged, resolved.overrides)
+    check_run_dir(rdir, stage)
+    preflight(info, resolved.effective)
+    clean_stale(rdir)
+    inputs = check_inputs(rdir, info, resolved.effective)
+    _writable(rdir)
+
     import jupytext
     import papermill as pm
 
-    overrides = dict(overrides or {})
-    config = load_config(config_path)
-    if run_dir is not None:
-        overrides["run_dir"] = str(run_dir)
-    rdir = run_dir_for(config, overrides)
     shown = rdir.relative_to(ROOT) if rdir.is_relative_to(ROOT) else rdir  # no machine paths in the book
-    params = {**config, **overrides, "run_dir": str(shown)}
-    out_dir = rdir / stage
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (rdir / "config.yml").write_text(yaml.safe_dump({k: v for k, v in params.items()}, sort_keys=True))
-    nb = jupytext.read(notebook_source(stage))
+    params = {**resolved.params, "run_dir": str(shown)}
+    nb = jupytext.read(source)
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    target = out_dir / f"{stage}.ipynb"
-    failed = out_dir / f"{stage}.failed.ipynb"
-    env_before = os.environ.get("HF_HUB_OFFLINE")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    try:
-        def run(tmp: Path) -> None:
-            try:
-                pm.execute_notebook(nb, str(tmp), parameters=params, cwd=str(ROOT), kernel_name="python3",
-                                    log_output=log_output, progress_bar=False)
-            except BaseException:
-                if tmp.exists():
-                    shutil.copyfile(tmp, failed)
-                raise
+    target = rdir / stage
+    record = {
+        "stage": stage,
+        "params": resolved.effective,
+        "params_sha256": cfg.params_hash(resolved.effective),
+        "explicit": list(resolved.explicit),
+        "inputs": inputs,
+    }
+    quiet = _QuietUnknownParameters()
+    pm_logger = logging.getLogger("papermill")
+    with _staging(rdir, stage) as (tmp, token):
+        out_nb = tmp / f"{stage}.ipynb"
+        spec = json.dumps({"run_dir": str(rdir), "stage": stage, "dir": str(tmp)})
+        pm_logger.addFilter(quiet)
+        kernel_log = tempfile.TemporaryFile()  # noqa: SIM115 - handed to the kernel process, closed below
+        extra = {} if log_output else {"kernel_manager_class": _kernel_manager(kernel_log)}
+        try:
+            with _env(STAGING_ENV, spec), _env("HF_HUB_OFFLINE", os.environ.get("HF_HUB_OFFLINE", "1")):
+                pm.execute_notebook(nb, str(out_nb), parameters=params, cwd=str(ROOT), kernel_name="python3",
+                                    log_output=log_output, progress_bar=False, **extra)
+        except KeyboardInterrupt:
+            raise
+        except BaseException:
+            _replay(kernel_log)
+            if out_nb.exists():
+                target.mkdir(exist_ok=True)
+                atomic_save(target / f"{stage}.failed.ipynb", lambda p: shutil.copyfile(out_nb, p))
+            raise
+        finally:
+            pm_logger.removeFilter(quiet)
+            kernel_log.close()
+        atomic_write_text(tmp / STAGE_RECORD, json.dumps(record, indent=2, sort_keys=True) + "\n")
+        _commit(tmp, target, token)
+    import yaml
 
-        atomic_save(target, run)
-    finally:
-        if env_before is None:
-            os.environ.pop("HF_HUB_OFFLINE", None)
-    failed.unlink(missing_ok=True)
-    return target
+    atomic_write_text(rdir / "config.yml", yaml.safe_dump(resolved.merged, sort_keys=True))
+    return target / f"{stage}.ipynb"
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    pairs = [tuple(p) for p in (args.param or [])]
+    if args.params:
+        tokens = shlex.split(args.params)
+        if len(tokens) % 3 or any(t not in ("-p", "--param") for t in tokens[::3]):
+            raise ConfigError(
+                f"PARAMS must be '-p name value' triples (quote a value with spaces or brackets), got {args.params!r}"
+            )
+        pairs += [(tokens[i + 1], tokens[i + 2]) for i in range(0, len(tokens), 3)]
+    out: dict[str, Any] = {}
+    for name, text in pairs:
+        cfg.check_key(name, f"-p {name}", cfg.known_keys(cfg.stage_infos(NOTEBOOKS)))
+        if name in out:
+            raise ConfigError(f"-p {name} is given twice; give each parameter once")
+        out[name] = parse_value(text, name)
+    return out
 
 
 def _cmd_run(args: argparse.Namespace) -> None:
-    overrides = {k: parse_value(v) for k, v in (args.param or [])}
-    out = execute_stage(args.stage, args.config, overrides, log_output=args.verbose)
+    check_stage(args.stage)
+    out = execute_stage(args.stage, args.config, _overrides(args), log_output=args.verbose)
     print(f"executed {args.stage} -> {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
     if args.book_copy:
         dest = Path(args.book_copy)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(out, dest)
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            atomic_save(dest, lambda p: shutil.copyfile(out, p))
+        except OSError as exc:
+            raise ConfigError(f"cannot write the book copy {dest} ({exc.strerror or exc}); make it writable") from None
+
+
+def _cmd_keys(args: argparse.Namespace) -> None:
+    for row in cfg.describe(NOTEBOOKS):
+        print(f"{row['key']:<18} {row['description']}  (e.g. {row['example']})\n{'':<18} read by: "
+              f"{', '.join(row['stages'])}")
 
 
 def _cmd_corpus(args: argparse.Namespace) -> None:
@@ -129,6 +494,10 @@ def _cmd_organism(args: argparse.Namespace) -> None:
                       "training_seconds": round(org.card["training_seconds"], 1)}))
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m helpers.pipeline", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -136,9 +505,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_run.add_argument("stage", help=f"one of {', '.join(STAGES)}")
     p_run.add_argument("--config", default=str(ROOT / "configs" / "organism.yml"))
     p_run.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"))
+    p_run.add_argument("--params", default="", help="'-p name value ...' as one string (the Makefile's PARAMS)")
     p_run.add_argument("--book-copy", help="also copy the executed notebook here (for the book)")
     p_run.add_argument("-v", "--verbose", action="store_true", help="stream the notebook's output")
     p_run.set_defaults(func=_cmd_run)
+    p_keys = sub.add_parser("keys", help="every config key: which stages read it and what it means")
+    p_keys.set_defaults(func=_cmd_keys)
     p_corpus = sub.add_parser("corpus", help="generate the synthetic corpora")
     p_corpus.add_argument("names", nargs="*", default=["A", "B"])
     p_corpus.add_argument("--out", default=str(ROOT / "data" / "corpus"))
@@ -151,17 +523,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from papermill.exceptions import PapermillExecutionError
 
+    stage = getattr(args, "stage", "?")
+    interrupted = (f"interrupted: stage {stage} stopped; its folder still holds the previous complete result (or "
+                   "nothing)")
+    previous = signal.getsignal(signal.SIGTERM)
+    with contextlib.suppress(ValueError):  # not in the main thread: leave SIGTERM alone
+        signal.signal(signal.SIGTERM, _interrupt)
     try:
         args.func(args)
-    except (ConfigError, FileNotFoundError) as exc:
+    except KeyboardInterrupt:
+        print(interrupted, file=sys.stderr)
+        return 130
+    except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except PapermillExecutionError as exc:
-        # the notebook's own error, without papermill's copy of the whole traceback
-        print(f"error: stage {getattr(args, 'stage', '?')} failed in cell {exc.exec_count}: {exc.ename}: "
-              f"{exc.evalue}\n(the partially executed notebook is kept as <run folder>/<stage>/<stage>.failed.ipynb)",
-              file=sys.stderr)
+    except InputError as exc:
+        print(f"error: stage {stage} cannot start: {exc}", file=sys.stderr)
         return 1
+    except PapermillExecutionError as exc:
+        if exc.ename == "KeyboardInterrupt":
+            print(interrupted, file=sys.stderr)
+            return 130
+        # the notebook's own error, without papermill's copy of the whole traceback
+        print(f"error: stage {stage} failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue}\n(the partially "
+              f"executed notebook is kept as <run folder>/{stage}/{stage}.failed.ipynb; the stage's previous "
+              "result, if any, is unchanged)", file=sys.stderr)
+        return 1
+    except (FileNotFoundError, PermissionError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"error: {exc.strerror or exc}{f' ({exc.filename})' if exc.filename else ''}", file=sys.stderr)
+        return 2
+    finally:
+        with contextlib.suppress(ValueError, TypeError):
+            signal.signal(signal.SIGTERM, previous)
     return 0
 
 

@@ -54,6 +54,7 @@ __all__ = [
     "DatasetNotAvailable",
     "LayoutError",
     "UnknownLabelError",
+    "check_source",
     "check_speaker_disjoint",
     "load_crema_d",
     "load_dataset",
@@ -244,6 +245,22 @@ def _visible(paths: Iterable[Path]) -> list[Path]:
     return sorted(p for p in paths if not p.name.startswith("."))
 
 
+def _audio_files(folder: Path, ext: str = ".wav") -> list[Path]:
+    """Visible files of ``folder`` with extension ``ext`` in any case (``.wav``, ``.WAV``, ``.Wav``)."""
+    return _visible(p for p in folder.iterdir() if p.suffix.lower() == ext.lower() and p.is_file())
+
+
+def _case_path(path: str) -> str:
+    """``path`` if it exists, else the same path with its extension in the other case (``x.WAV`` for ``x.wav``)."""
+    if os.path.isfile(path):
+        return path
+    root, ext = os.path.splitext(path)
+    for other in (ext.upper(), ext.lower()):
+        if other != ext and os.path.isfile(root + other):
+            return root + other
+    return path
+
+
 def _read_csv(path: Path, required: Sequence[str], name: str) -> pd.DataFrame:
     df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8", encoding_errors="replace")
     df.columns = [c.strip() for c in df.columns]
@@ -305,6 +322,7 @@ def _finish(
                 f"{sorted(set(label_map.values()))}."
             )
 
+    rows["path"] = [_case_path(str(p)) for p in rows["path"]]  # `Ses01F_impro01_F000.WAV` is found too
     exists = np.array([os.path.isfile(p) for p in rows["path"]], dtype=bool)
     if len(rows) and not exists.any():
         raise LayoutError(
@@ -340,6 +358,10 @@ def _finish(
         bad = np.array([r is None for r in rates], dtype=bool)
         if bad.any():
             dropped["unreadable_audio"] = _counts(df.loc[bad, "original_label"])
+            logger.warning(
+                "%s: %d audio file(s) are empty or cannot be decoded and were dropped, e.g. %s; re-extract them from "
+                "the original archive", dataset, int(bad.sum()), list(df.loc[bad, "path"].head(3)),
+            )  # fmt: skip
         df["sampling_rate"] = [0 if r is None else r for r in rates]
         df = df.loc[~bad]
     else:
@@ -423,7 +445,7 @@ def load_iemocap(
     seed: int = 0,
     split_by: str = "speaker",
     strict: bool = False,
-    probe_audio: bool = False,
+    probe_audio: bool = True,
 ) -> pd.DataFrame:
     """Load IEMOCAP (``IEMOCAP_full_release``) with the standard 4-class merge.
 
@@ -520,7 +542,7 @@ def load_meld(
     seed: int = 0,
     keep_train: bool = False,
     strict: bool = False,
-    probe_audio: bool = False,
+    probe_audio: bool = True,
 ) -> pd.DataFrame:
     """Load MELD from its CSVs plus audio that the user extracted from MELD's MP4 clips.
 
@@ -598,7 +620,7 @@ def load_msp_podcast(
     seed: int = 0,
     keep_train: bool = False,
     strict: bool = False,
-    probe_audio: bool = False,
+    probe_audio: bool = True,
 ) -> pd.DataFrame:
     """Load MSP-Podcast from ``labels_consensus.csv`` (releases 1.x; the JSON variant is not read).
 
@@ -631,7 +653,7 @@ def load_msp_podcast(
             for s in stems
         ]  # fmt: skip
     rows = pd.DataFrame({
-        "path": [str(adir / (n if n.endswith(".wav") else f"{n}.wav")) for n in names],
+        "path": [str(adir / (n if n.lower().endswith(".wav") else f"{n}.wav")) for n in names],
         "original_label": meta["EmoClass"].str.strip(),
         "speaker": speaker,
         "sentence_id": stems,
@@ -670,19 +692,19 @@ def load_crema_d(
     fractions: Mapping[str, float] | None = None,
     seed: int = 0,
     strict: bool = False,
-    probe_audio: bool = False,
+    probe_audio: bool = True,
 ) -> pd.DataFrame:
     """Load CREMA-D from its file names (the *intended* emotion; crowd ratings are not used).
 
     Default ``label_map`` is :data:`CREMA_D_LABEL_MAP`. ``speaker`` is the actor id (1001-1091),
     ``sentence_id`` the three-letter sentence code and ``text`` its sentence (:data:`CREMA_D_SENTENCES`), so
     matched-content comparisons work as on the synthetic corpora. Files whose names do not follow the pattern
-    are reported as ``unparsed_filename``. The corpus is known to contain a few empty/corrupt WAVs: use
-    ``probe_audio=True`` to read every header and drop (and report) them.
+    are reported as ``unparsed_filename``. The corpus is known to contain a few empty/corrupt WAVs: with
+    ``probe_audio=True`` (the default) every header is read and they are dropped (and reported).
     """
     root = _root(root, "CREMA-D", CREMA_D_LAYOUT)
     adir = _require(root / audio_dir, "CREMA-D", f"the audio folder (layout: {CREMA_D_LAYOUT})")
-    files = _visible(adir.glob("*.wav"))
+    files = _audio_files(adir)
     if not files:
         raise LayoutError(f"CREMA-D: no .wav files in {adir}; expected {CREMA_D_LAYOUT}.")
     genders: dict[str, str] = {}
@@ -734,7 +756,7 @@ def load_ravdess(
     fractions: Mapping[str, float] | None = None,
     seed: int = 0,
     strict: bool = False,
-    probe_audio: bool = False,
+    probe_audio: bool = True,
 ) -> pd.DataFrame:
     """Load the speech part of RAVDESS (vocal channel 01).
 
@@ -751,7 +773,7 @@ def load_ravdess(
         )
     records, unparsed, song = [], [], []
     for adir in actor_dirs:
-        for f in _visible(adir.glob("*.wav")):
+        for f in _audio_files(adir):
             m = _RAVDESS_NAME.match(f.stem)
             if not m:
                 unparsed.append(f.name)
@@ -854,7 +876,7 @@ def load_from_hub(
     seed: int = 0,
     keep_train: bool = False,
     strict: bool = False,
-    probe_audio: bool = False,
+    probe_audio: bool = True,
     allow_hub: bool = False,
     audio_dir: str | os.PathLike[str] | None = None,
     revision: str | None = None,
@@ -1021,6 +1043,83 @@ def load_dataset(
         f"{info.name}: no data on this machine. Pass root=<folder> (or set {info.env_var}) pointing at "
         f"{info.layout}, or hub_id=<id> of a copy in the Hugging Face cache. Obtain it from {info.source}."
     )
+
+
+#: Metadata tables of the folder loaders and the columns they read: ``(option naming the file, default, columns)``.
+_METADATA: dict[str, tuple[tuple[str | None, str, tuple[str, ...]], ...]] = {
+    "meld": tuple((None, csv, ("Utterance", "Speaker", "Emotion", "Dialogue_ID", "Utterance_ID"))
+                  for csv in MELD_CSVS.values()),
+    "msp_podcast": (("labels_file", "Labels/labels_consensus.csv", ("FileName", "EmoClass", "SpkrID", "Split_Set")),),
+}  # fmt: skip
+#: Folders a loader cannot work without: ``(option naming the folder, default)``.
+_FOLDERS: dict[str, tuple[tuple[str | None, str], ...]] = {
+    "msp_podcast": (("audio_dir", "Audios"),),
+    "crema_d": (("audio_dir", "AudioWAV"),),
+}
+
+
+def check_source(
+    name: str,
+    root: str | os.PathLike[str] | None = None,
+    hub_id: str | None = None,
+    *,
+    labels: Sequence[str] | None = None,
+    label_map: Mapping[str, str] | None = None,
+    where: str | None = None,
+    **options: Any,
+) -> None:
+    """What :func:`load_dataset` would find wrong without reading any audio: no data on this machine, a folder
+    that is not laid out as the corpus unpacks, metadata tables without their label columns, or configured
+    ``labels`` that the label map cannot produce. Runs in milliseconds, so a stage checks it before its model loads.
+    """
+    info = DATASETS[_canonical(name)]
+    where = where or info.name
+    if label_map is None and labels is not None and hub_id is None:
+        impossible = sorted(set(labels) - set(info.label_map.values()))
+        if impossible:
+            raise SchemaError(
+                f"{where}: label(s) {impossible} cannot occur in {info.name} (its label map produces "
+                f"{sorted(set(info.label_map.values()))}); fix `labels` or give the dataset entry a `label_map`"
+            )
+    elif label_map is not None and labels is not None:
+        impossible = sorted(set(labels) - {str(v) for v in dict(label_map).values()})
+        if impossible:
+            raise SchemaError(f"{where}: label(s) {impossible} cannot occur: the entry's label_map produces only "
+                              f"{sorted({str(v) for v in dict(label_map).values()})}; fix `labels` or `label_map`")
+    if root is None and hub_id is None:
+        root = os.environ.get(info.env_var) or None
+    if root is None:
+        if hub_id is not None:
+            return
+        raise DatasetNotAvailable(
+            f"{where}: no data on this machine for {info.name}. Set `root: <folder>` in the dataset entry (or export "
+            f"{info.env_var}) pointing at {info.layout}, or `hub_id: <id>` of a copy in the Hugging Face cache. "
+            f"Obtain it from {info.source}."
+        )
+    folder = _root(root, info.name, info.layout)
+    pattern = {"iemocap": "Session[1-5]", "ravdess": "Actor_*"}.get(info.name)
+    if pattern and not any(p.is_dir() for p in folder.glob(pattern)):
+        raise LayoutError(f"{where}: no {pattern} folder in {folder} (contains {_listing(folder)}); expected "
+                          f"{info.layout}.")
+    for option, default in _FOLDERS.get(info.name, ()):
+        _require(folder / str(options.get(option or "", default) or default), info.name,
+                 f"the audio folder (layout: {info.layout})")
+    parts = options.get("parts")
+    for option, default, columns in _METADATA.get(info.name, ()):
+        rel = str(options.get(option or "", default) or default)
+        if info.name == "meld" and parts is not None and not any(MELD_CSVS.get(p) == rel for p in parts):
+            continue
+        csv = _require(folder / rel, info.name, f"the metadata table (layout: {info.layout})")
+        try:
+            head = pd.read_csv(csv, nrows=0, encoding="utf-8", encoding_errors="replace").columns
+        except (ValueError, OSError) as exc:
+            raise LayoutError(f"{where}: cannot read {csv} ({exc}); re-extract it from the original archive") from None
+        missing = [c for c in columns if c not in [h.strip() for h in head]]
+        if missing:
+            raise LayoutError(
+                f"{where}: {csv} lacks the column(s) {missing} ({info.name} reads the labels and speakers from them); "
+                f"found {list(head)}. Use the table of the official release ({info.source})"
+            )
 
 
 # --------------------------------------------------------------------------------------------- summary

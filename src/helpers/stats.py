@@ -193,11 +193,19 @@ class ActivationStats:
             "format": FORMAT_NAME,
             "version": FORMAT_VERSION,
             "labels": json.dumps(self.labels),
-            "meta": json.dumps(self.meta),
+            "meta": json.dumps(self.meta, sort_keys=True),
         }
         tensors = {name: getattr(self, name).contiguous() for name in _TENSOR_FIELDS}
         try:
             save_file(tensors, str(tmp), metadata=metadata)
+            # safetensors writes its header from a hash map, so the key order (and the file's bytes) vary between
+            # runs; rewrite the header with sorted keys: same statistics, same bytes. Data offsets are relative to
+            # the end of the header, so they stay valid; the header is padded with spaces to 8 bytes as usual.
+            blob = tmp.read_bytes()
+            n = int.from_bytes(blob[:8], "little")
+            header = json.dumps(json.loads(blob[8 : 8 + n]), sort_keys=True, separators=(",", ":")).encode()
+            header += b" " * (-len(header) % 8)
+            tmp.write_bytes(len(header).to_bytes(8, "little") + header + blob[8 + n :])
             os.replace(tmp, path)
         finally:
             if tmp.exists():
