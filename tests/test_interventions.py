@@ -15,8 +15,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from tiny_models import AUDIO_ID, build_tiny, tiny_inputs  # noqa: E402
 
 from helpers import interventions as I  # noqa: E402
+from helpers import metrics as M  # noqa: E402
 from helpers.hooks import NonFiniteEditError  # noqa: E402
 from helpers.models import gate_modules, gate_shape  # noqa: E402
+from helpers.neuron_sets import as_mask  # noqa: E402
+from helpers.stats import ActivationStats  # noqa: E402
+from helpers.subject import Batch, candidate_logits  # noqa: E402
 
 LABELS = ("neutral", "happy", "angry", "sad")
 LABEL_TOKENS = (11, 22, 33, 44)
@@ -27,7 +31,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class FakeSubject:
-    """A Subject over precomputed tiny inputs: ``batch_inputs`` slices rows by the table's ``idx`` column."""
+    """A Subject over precomputed tiny inputs: ``batch_inputs`` slices rows by the table's ``idx`` column (left
+    padded, so the answer position is the last one)."""
 
     def __init__(self, model, inputs, labels=LABELS):
         self.model = model
@@ -36,20 +41,21 @@ class FakeSubject:
         self._ids = torch.tensor(LABEL_TOKENS[: len(labels)])
         self.calls = 0
 
-    def batch_inputs(self, rows: pd.DataFrame) -> dict[str, torch.Tensor]:
+    def batch_inputs(self, rows: pd.DataFrame) -> Batch:
         self.calls += 1
         idx = torch.tensor(rows["idx"].to_numpy())
-        return {k: v[idx] for k, v in self._inputs.items()}
-
-    def label_logits(self, logits: torch.Tensor) -> torch.Tensor:
-        last = logits[:, -1] if logits.ndim == 3 else logits
-        return last.index_select(-1, self._ids)
-
-    def position_masks(self, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
-        audio = input_ids == AUDIO_ID
+        inputs = {k: v[idx] for k, v in self._inputs.items()}
+        audio = inputs["input_ids"] == AUDIO_ID
         last = torch.zeros_like(audio)
         last[:, -1] = True
-        return {"all": torch.ones_like(audio), "audio": audio, "text": ~audio, "last": last}
+        masks = {"all": torch.ones_like(audio), "audio": audio, "text": ~audio, "last": last}
+        return Batch(inputs=inputs, candidates=self._ids.expand(len(idx), -1).clone(), masks=masks)
+
+    def label_logits(self, batch: Batch, logits: torch.Tensor) -> torch.Tensor:
+        return candidate_logits(logits, batch)
+
+    def position_masks(self, batch: Batch) -> dict[str, torch.Tensor]:
+        return batch.masks
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +183,7 @@ def test_label_free_scales_match_hand_computation():
 def test_edit_changes_exactly_the_targeted_neurons(subject, df, shape, positions):
     L, N = shape
     pairs = torch.tensor([[0, 3], [0, 17], [0, 40], [1, 5]])
-    inputs = subject.batch_inputs(df)
+    inputs = subject.batch_inputs(df).inputs
     seen, handles = _record_gates(subject.model)
     try:
         I.run_conditions(subject, df, [I.identity()], progress=False)
@@ -277,8 +283,10 @@ def test_deactivation_experiment_tables(subject, df, shape):
     sets["sel"]["sad"] = torch.zeros(0, 2, dtype=torch.long)  # an emotion with no neurons: a valid no-op
     res = I.deactivation_experiment(subject, df, sets, random_seeds=(0, 1), n_boot=50, progress=False)
     t = res.table
-    assert len(t) == 3 * len(LABELS)  # selector + 2 random seeds
-    assert set(t["selector"]) == {"sel", "random(sel)"}
+    assert len(t) == 5 * len(LABELS)  # selector + 2 seeds x 2 kinds of random control
+    names = {"sel", "random(sel)", "random(sel, layer-matched)"}
+    assert set(t["selector"]) == names
+    assert set(t["control_kind"].dropna()) == set(I.CONTROLS)
     rnd = t[t["control"]]
     for lbl, m in (("happy", 16), ("sad", 0)):  # random controls match each emotion's set size
         assert (rnd[rnd["target"] == lbl]["n_neurons"] == m).all()
@@ -291,9 +299,143 @@ def test_deactivation_experiment_tables(subject, df, shape):
     assert res.matrices["sel"].shape == (4, 4) and res.matrices["random(sel)"].shape == (4, 4)
     np.testing.assert_allclose(res.matrices["sel"].loc["happy"].to_numpy(),
                                t[(t["selector"] == "sel") & (t["target"] == "happy")][delta_cols].to_numpy()[0])
-    assert set(res.summary) == {"sel", "random(sel)"}
+    assert set(res.summary) == names | set(I.CONTROLS)
+    assert res.summary["random"] == res.summary["random(sel)"]  # one selector: the pooled control is its own
+    assert set(res.gap_ci) == set(res.summary)
     assert (res.comparison["n_seeds"] == 2).all() and len(res.comparison) == len(LABELS)
+    assert {"random_gap_mean", "layer_random_gap_mean", "gap_minus_layer_random"} <= set(res.comparison.columns)
     np.testing.assert_array_equal(res.y_base, res.logits[0].argmax(-1))
+
+
+def test_random_controls_are_matched_and_independent_per_selector(subject, df, shape):
+    L, N = shape
+    same = _sets(L, N, m=10, seed=5)
+    # concentrate one set in layer 1, so a layer-matched control differs from a uniform one
+    same["happy"] = torch.stack((torch.ones(10, dtype=torch.long), torch.arange(10)), 1)
+    res = I.deactivation_experiment(subject, df, {"a": same, "b": same}, random_seeds=(0,), n_boot=0, progress=False)
+    masks = {(c.meta["selector"], c.meta["target"]): c.scale == 0 for c in res.conditions[1:]}
+    for kind_name in ("random({})", "random({}, layer-matched)"):
+        for lbl in LABELS:
+            ma, mb = masks[(kind_name.format("a"), lbl)], masks[(kind_name.format("b"), lbl)]
+            assert int(ma.sum()) == int(mb.sum()) == 10 and not torch.equal(ma, mb)  # independent draws
+    for lbl in LABELS:
+        want = as_mask(same[lbl], L, N).sum(1)
+        assert torch.equal(masks[("random(a, layer-matched)", lbl)].sum(1), want)
+    assert masks[("random(a)", "happy")][0].any()  # uniform draws land outside layer 1 too
+    assert all(math.isnan(v) for v in res.gap_ci["a"])  # n_boot = 0
+    with pytest.raises(ValueError, match="unknown controls"):
+        I.deactivation_experiment(subject, df, {"a": same}, controls=("shuffled",), progress=False)
+
+
+def test_gap_ci_is_the_joint_bootstrap_of_the_mean_gap(subject, df, shape):
+    L, N = shape
+    sets = {"sel": _sets(L, N, m=20, seed=6)}
+    res = I.deactivation_experiment(subject, df, sets, random_seeds=(0, 1), controls=("random",), n_boot=200,
+                                    seed=4, progress=False)
+    preds = res.logits.argmax(-1)
+    own = {c.meta["target"]: preds[j] for j, c in enumerate(res.conditions) if c.meta.get("selector") == "sel"}
+    expected = M.bootstrap_mean_gap(res.y_true, res.y_base, own, labels=LABELS, n_boot=200, seed=4)
+    assert res.gap_ci["sel"] == pytest.approx(expected)
+    assert res.summary["sel"] == pytest.approx(M.mean_gap(res.y_true, res.y_base, own, labels=LABELS))
+    ctrl: dict[str, list] = {}
+    for j, c in enumerate(res.conditions):
+        if c.meta.get("selector") == "random(sel)":
+            ctrl.setdefault(c.meta["target"], []).append(preds[j])
+    stacked = {t: np.stack(v) for t, v in ctrl.items()}
+    assert res.gap_ci["random"] == pytest.approx(
+        M.bootstrap_mean_gap(res.y_true, res.y_base, stacked, labels=LABELS, n_boot=200, seed=4))
+
+
+def test_dose_response_random_control_never_exceeds_the_selection(subject, df, shape):
+    L, N = shape
+    sets = _sets(L, N, m=6, seed=3)
+    sets["sad"] = sets["sad"][:2]
+    table = I.dose_response_k(subject, df, sets, [2, 4, 10], selector="s", random_seeds=(0, 1), n_boot=0,
+                              progress=False)
+    sel, rnd = table[~table["control"]], table[table["control"]]
+    merged = rnd.merge(sel[["target", "param", "k_effective"]], on=["target", "param"], suffixes=("", "_sel"))
+    assert len(merged) == len(rnd) and (merged["k_effective"] == merged["k_effective_sel"]).all()
+    assert (table[(table["target"] == "sad") & (table["param"] >= 4)]["k_effective"] == 2).all()
+    assert table[(table["target"] == "sad") & (table["param"] == 4)]["clamped"].all()
+    skipped = I.dose_response_k(subject, df, sets, [2, 4, 10], selector="s", random_seeds=(0,), beyond="skip",
+                                match_layers=True, n_boot=0, progress=False)
+    assert set(skipped[skipped["target"] == "sad"]["param"]) == {2}
+    assert set(skipped[skipped["target"] == "happy"]["param"]) == {2, 4}
+    assert (skipped["k_effective"] == skipped["param"]).all()
+    assert set(skipped[skipped["control"]]["selector"]) == {"random(s, layer-matched)"}
+
+
+def _planted_stats(L: int, N: int) -> ActivationStats:
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.tensor([10.0, 20.0, 30.0, 40.0])
+    mean = torch.rand(L, N, 4, generator=g, dtype=torch.float64)
+    sq = mean**2 + 0.25
+    return ActivationStats(labels=list(LABELS), tokens=tokens, items=tokens, active=0.5 * tokens * torch.ones(L, N, 4),
+                           total=mean * tokens, total_sq=sq * tokens)
+
+
+def test_steering_constants_by_hand(shape):
+    L, N = shape
+    st = _planted_stats(L, N)
+    mu = I.steering_constants(st, "patch_mean")
+    torch.testing.assert_close(mu["happy"], st.mean[..., 1].float())
+    diff = I.steering_constants(st, "add")
+    overall = st.total.sum(-1) / st.tokens.sum()
+    torch.testing.assert_close(diff["sad"], (st.mean[..., 3] - overall).float())
+    sd = I.steering_constants(st, "add", I.SteeringSettings(add_constant="std"))
+    var = st.total_sq.sum(-1) / st.tokens.sum() - overall**2
+    torch.testing.assert_close(sd["neutral"], var.sqrt().float())
+    assert I.steering_constants(st, "multiply") is None
+    with pytest.raises(ValueError, match="needs the identification stats"):
+        I.steering_constants(None, "add")
+    with pytest.raises(ValueError, match="add_constant"):
+        I.SteeringSettings(add_constant="max")
+    with pytest.raises(ValueError, match="modes"):
+        I.SteeringSettings(modes=("square",))
+
+
+@pytest.mark.parametrize(("mode", "alpha"), [("add", 2.0), ("patch_mean", 1.0), ("patch_mean", 0.5)])
+def test_steering_modes_edit_exactly_as_documented(subject, df, shape, mode, alpha):
+    L, N = shape
+    pairs = torch.tensor([[0, 3], [0, 17], [1, 5]])
+    const = torch.linspace(-1, 1, L * N).reshape(L, N)
+    seen, handles = _record_gates(subject.model)
+    try:
+        I.run_conditions(subject, df, [I.identity()], progress=False)
+        clean = seen[0][-1]
+        I.run_conditions(subject, df, [I.steer(pairs, L, N, alpha, mode=mode, constant=const)], progress=False)
+        edited = seen[0][-1]
+    finally:
+        for h in handles:
+            h.remove()
+    on, off = [3, 17], [j for j in range(N) if j not in (3, 17)]
+    c0 = const[0, on]
+    want = clean[..., on] + alpha * c0 if mode == "add" else (1 - alpha) * clean[..., on] + alpha * c0
+    torch.testing.assert_close(edited[..., on], want)
+    torch.testing.assert_close(edited[..., off], clean[..., off], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="needs a per-neuron constant"):
+        I.steer(pairs, L, N, alpha, mode=mode)
+    with pytest.raises(ValueError, match="unknown steering mode"):
+        I.steer(pairs, L, N, alpha, mode="square")
+
+
+def test_per_item_modes_and_oracle_match_targeted_steering(subject, df, shape):
+    L, N = shape
+    sets = _sets(L, N, m=16, seed=2)
+    consts = {lbl: torch.full((L, N), 0.5 + i) for i, lbl in enumerate(LABELS)}
+    first = np.eye(4)[[0, 1, 2, 3, 1, 1, 0, 3]] * 3.0
+    two = I.label_free("two_pass", sets, LABELS, L, N, 2.0, first_pass=first, mode="add", constants=consts)
+    assert two.scale_for([0]) is None
+    add = two.add_for([4])[0]
+    m_happy = as_mask(sets["happy"], L, N)
+    torch.testing.assert_close(add, 2.0 * 1.5 * m_happy.float())
+    y = np.array([LABELS.index(x) for x in df["label"]])
+    for mode, c in (("multiply", None), ("patch_mean", consts)):
+        orc = I.oracle(sets, LABELS, L, N, 1.5, y, mode=mode, constants=c)
+        targeted = [I.steer(sets[lbl], L, N, 1.5, mode=mode, constant=None if c is None else c[lbl]) for lbl in LABELS]
+        out = I.run_conditions(subject, df, [orc, *targeted], progress=False)
+        for i, yi in enumerate(y):
+            np.testing.assert_allclose(out[0, i], out[1 + yi, i], rtol=1e-4, atol=1e-5)
 
 
 def test_dose_response_alpha_and_steering(subject, df, shape):
@@ -301,24 +443,46 @@ def test_dose_response_alpha_and_steering(subject, df, shape):
     sets = _sets(L, N, m=16, seed=2)
     alphas = [-1.0, 0.0, 4.0]
     dose = I.dose_response_alpha(subject, df, sets, alphas, n_boot=0, progress=False)
-    assert len(dose) == len(LABELS) * len(alphas)
+    assert len(dose) == len(LABELS) * len(alphas) and (dose["mode"] == "multiply").all()
     zero = dose[dose["param"] == 0.0]
     assert (zero["gap"] == 0).all() and (zero["p_target_shift"].abs() < 1e-12).all()
     assert {"acc_others_base", "acc_others_int", "flip_rate", "p_target_shift"} <= set(dose.columns)
 
-    table = I.steering_experiment(subject, df, sets, alphas, n_boot=20, progress=False)
-    assert set(table["strategy"]) == set(I.STRATEGIES)
-    lf = table[table["strategy"] != "targeted"]
-    assert (lf["target"] == "all").all()
-    np.testing.assert_array_equal(lf["flip_rate"].to_numpy(), lf["corrections"].to_numpy())
-    at0 = table[table["alpha"] == 0.0]
-    assert (at0["uar_change"] == 0).all() and (at0["damage"].fillna(0) == 0).all()
+    st = _planted_stats(L, N)
+    settings = I.SteeringSettings(modes=("multiply", "patch_mean"))
+    table = I.steering_experiment(subject, df, sets, alphas, settings=settings, stats=st, n_boot=20, progress=False)
+    assert set(table["strategy"]) == set(I.STRATEGIES) and set(table["mode"]) == {"multiply", "patch_mean"}
+    assert "flip_rate" not in table.columns  # one key per measure
+    lf = table[table["strategy"].isin(I.LABEL_FREE)]
+    assert (lf["target"] == "all").all() and lf["flip_rate_to_target"].isna().all()
+    orc = table[table["strategy"] == "oracle"]
+    assert (orc["target"] == "true").all()
+    np.testing.assert_allclose(orc["flip_rate_to_target"], orc["corrections"])
+    mul0 = table[(table["alpha"] == 0.0) & (table["mode"] == "multiply")]
+    assert (mul0["delta_uar"] == 0).all() and (mul0["damage"].fillna(0) == 0).all()
+    assert (mul0["corrections"].fillna(0) == 0).all()
     m = I.steering_metrics(table)
-    assert m["alpha"] == alphas and set(m["flip_rate"]) == set(I.STRATEGIES)
+    assert m["alpha"] == alphas and set(m["flip_rate"]) == {"multiply", "patch_mean"}
+    assert set(m["corrections"]) == set(I.STRATEGIES) and set(m["by_mode"]) == {"multiply", "patch_mean"}
     assert all(len(v) == len(alphas) for v in m["flip_rate"].values())
-    mean = table[(table["strategy"] == "targeted") & (table["target"] == "mean")].set_index("alpha")["flip_rate"]
-    per = table[(table["strategy"] == "targeted") & (table["target"].isin(LABELS))]
-    np.testing.assert_allclose(mean.loc[4.0], per[per["alpha"] == 4.0]["flip_rate"].mean())
+    assert m["corrections"]["oracle"] == m["by_mode"]["multiply"]["corrections"]["oracle"]
+    assert m["by_mode"]["multiply"]["flip_rate_to_target"]["two_pass"] == [None] * len(alphas)
+    tg = table[(table["strategy"] == "targeted") & (table["mode"] == "multiply")]
+    mean = tg[tg["target"] == "mean"].set_index("alpha")["flip_rate_to_target"]
+    per = tg[tg["target"].isin(LABELS)]
+    np.testing.assert_allclose(mean.loc[4.0], per[per["alpha"] == 4.0]["flip_rate_to_target"].mean())
+    assert m["flip_rate"]["multiply"][2] == pytest.approx(mean.loc[4.0])
+
+
+def test_identification_variability(subject, df, shape):
+    L, N = shape
+    a, b = _sets(L, N, m=12, seed=7), _sets(L, N, m=12, seed=8)
+    table, summary = I.identification_variability(subject, df, [{"x": a}, {"x": b}, {"x": a}], reference={"x": a},
+                                                  progress=False)
+    assert len(table) == 3 and table["jaccard_to_reference"].tolist()[0] == 1.0
+    assert table["gap"].iloc[0] == table["gap"].iloc[2]
+    assert summary["x"]["n_replicates"] == 3
+    assert summary["x"]["ci_low"] <= summary["x"]["mean"] <= summary["x"]["ci_high"]
 
 
 def test_non_additivity_table(subject, df, shape):
@@ -326,9 +490,31 @@ def test_non_additivity_table(subject, df, shape):
     sets = _sets(L, N, m=16, seed=4)
     t = I.non_additivity(subject, df, sets, pairs=[("happy", "sad")], alpha=2.0, n_boot=50, progress=False)
     assert len(t) == 2 * 2  # two targets x two measures
+    several = I.non_additivity(subject, df, sets, pairs=[("happy", "sad")], alpha=[0.0, 2.0], n_boot=0,
+                               progress=False)
+    assert len(several) == 2 * 2 * 2 and set(several["alpha"]) == {0.0, 2.0}
+    assert (several[several["alpha"] == 0.0][["joint", "additive", "interaction"]].abs() < 1e-9).all().all()
+    np.testing.assert_allclose(several[several["alpha"] == 2.0]["interaction"].to_numpy(),
+                               t["interaction"].to_numpy(), rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(t["additive"], t["effect_a"] + t["effect_b"])
     np.testing.assert_allclose(t["interaction"], t["joint"] - t["additive"])
     # with disjoint sets on a nonlinear network the joint effect is generally not the sum
     assert (t["interaction"].abs() > 0).any()
     with pytest.raises(ValueError, match="no neuron set"):
         I.non_additivity(subject, df, {"happy": sets["happy"]}, pairs=[("happy", "sad")], progress=False)
+
+
+def test_log_resampled_stats_with_unit_weights_is_the_log_stage(subject, df):
+    from helpers.activation_log import log_activations
+    from helpers.resampling import log_resampled_stats
+
+    items = df.assign(path=[f"a{i}" for i in range(len(df))])
+    plain = log_activations(subject, items, positions="audio", only_correct=False, batch_size=3, progress=False)
+    (one,) = log_resampled_stats(subject, items, weights=np.ones((1, len(items)), dtype=int), positions="audio",
+                                 only_correct=False, batch_size=5, progress=False)
+    for name in ("tokens", "items", "active", "total", "total_sq"):
+        torch.testing.assert_close(getattr(one, name), getattr(plain.stats, name))
+    reps = log_resampled_stats(subject, items, n_resamples=3, seed=2, positions="audio", only_correct=False,
+                               progress=False)
+    assert len(reps) == 3 and all(r.items.sum() == len(items) for r in reps)
+    assert not torch.equal(reps[0].total, reps[1].total)

@@ -11,14 +11,22 @@ import pytest
 import torch
 
 from helpers.metrics import (
+    BootstrapSettings,
     Effects,
     aggregate_random,
     bootstrap_ci,
     bootstrap_effects,
+    bootstrap_mean_gap,
+    corrections,
+    damage,
+    delta_uar,
     dose_response_table,
     effect_matrix,
     effects,
     flip_rate,
+    flip_rate_to_target,
+    mean_gap,
+    outcomes,
     recall_per_class,
     summarise_gaps,
     uar,
@@ -276,3 +284,72 @@ def test_summarise_gaps_by_hand():
     assert summarise_gaps(pd.DataFrame(records[:2])) == pytest.approx({"esn": -0.4})
     with pytest.raises(ValueError, match="pass labels"):
         summarise_gaps(records[-1:])
+
+
+# --------------------------------------------------------------------------------------------------- outcomes
+def test_outcomes_by_hand():
+    # baseline errors: items 3, 7, 10, 11; steering toward sad fixes 10 and 11 (-> sad) and breaks 0, 4, 5
+    assert corrections(Y_TRUE, Y_BASE, Y_STEER_SAD) == pytest.approx(2 / 4)
+    assert damage(Y_TRUE, Y_BASE, Y_STEER_SAD) == pytest.approx(3 / 8)
+    assert delta_uar(Y_TRUE, Y_BASE, Y_STEER_SAD, labels=LABELS) == pytest.approx(
+        (2 / 4 + 1 / 4 + 4 / 4) / 3 - (3 / 4 + 3 / 4 + 2 / 4) / 3)
+    # eligible for sad: true != sad and baseline != sad -> items 0, 1, 2, 4, 5, 6, 7; flipped: 0, 4, 5
+    assert flip_rate_to_target(Y_TRUE, Y_BASE, Y_STEER_SAD, SAD) == pytest.approx(3 / 7)
+    assert flip_rate_to_target(Y_TRUE, Y_BASE, Y_STEER_SAD, SAD) == flip_rate(Y_TRUE, Y_BASE, Y_STEER_SAD, SAD)
+    # oracle: target = the true label, so the flip rate is the share of baseline errors fixed
+    oracle = flip_rate_to_target(Y_TRUE, Y_BASE, Y_STEER_SAD, Y_TRUE, exclude_true_target=False)
+    assert oracle == corrections(Y_TRUE, Y_BASE, Y_STEER_SAD)
+    assert math.isnan(flip_rate_to_target(Y_TRUE, Y_BASE, Y_STEER_SAD, Y_TRUE))  # nobody eligible
+    out = outcomes(Y_TRUE, Y_BASE, Y_STEER_SAD, LABELS, target=SAD)
+    assert out["n_errors_base"] == 4 and out["n_correct_base"] == 8 and out["n_eligible"] == 7
+    assert out["flip_rate_to_target"] == pytest.approx(3 / 7) and out["corrections"] == pytest.approx(0.5)
+    assert math.isnan(outcomes(Y_TRUE, Y_BASE, Y_STEER_SAD, LABELS)["flip_rate_to_target"])
+    assert math.isnan(corrections(Y_TRUE, Y_TRUE, Y_BASE)) and math.isnan(damage(Y_TRUE, (Y_TRUE + 1) % 3, Y_BASE))
+
+
+def test_bootstrap_settings_are_validated():
+    assert BootstrapSettings().n_boot == 1000
+    for bad in ({"n_boot": -1}, {"n_boot": 1.5}, {"ci": 1.0}, {"seed": "x"}):
+        with pytest.raises(ValueError):
+            BootstrapSettings(**bad)
+
+
+def _independent_deactivations(n_per_class=60, k=4, seed=0):
+    """Each target's deactivation breaks a random half of its own class's items (independently per target)."""
+    rng = np.random.default_rng(seed)
+    yt = np.repeat(np.arange(k), n_per_class)
+    yb = yt.copy()
+    by_target = {}
+    for t in range(k):
+        yi = yb.copy()
+        own = np.flatnonzero(yt == t)
+        hit = own[rng.random(own.size) < 0.5]
+        yi[hit] = (t + 1) % k
+        other = np.flatnonzero(yt != t)
+        yi[other[rng.random(other.size) < 0.1]] = t  # some collateral
+        by_target[t] = yi
+    return yt, yb, by_target
+
+
+def test_mean_gap_and_its_joint_bootstrap():
+    yt, yb, by_target = _independent_deactivations()
+    labels = [f"c{i}" for i in range(4)]
+    point = mean_gap(yt, yb, by_target, labels=labels)
+    assert point == pytest.approx(np.mean([effects(yt, yb, y, t, labels=labels).gap for t, y in by_target.items()]))
+    lo, hi = bootstrap_mean_gap(yt, yb, by_target, labels=labels, n_boot=400, seed=1)
+    assert lo < point < hi
+    # one target: exactly the stratified per-target interval (same resamples)
+    single = bootstrap_mean_gap(yt, yb, {2: by_target[2]}, labels=labels, n_boot=300, seed=3)
+    ref = bootstrap_effects(yt, yb, by_target[2], 2, labels=labels, n_boot=300, seed=3, stratify=True)["gap"]
+    assert single == pytest.approx(ref)
+    # the interval of the mean is narrower than the mean of the per-target intervals (errors partly cancel)
+    per = [bootstrap_effects(yt, yb, y, t, labels=labels, n_boot=400, seed=1, stratify=True)["gap"]
+           for t, y in by_target.items()]
+    averaged = (np.mean([p[0] for p in per]), np.mean([p[1] for p in per]))
+    assert hi - lo < 0.8 * (averaged[1] - averaged[0])
+    # several draws per target (random seeds) are averaged within the target first
+    draws = {t: np.stack([y, yb]) for t, y in by_target.items()}
+    assert mean_gap(yt, yb, draws, labels=labels) == pytest.approx(point / 2)
+    assert bootstrap_mean_gap(yt, yb, {t: yb for t in range(4)}, labels=labels, n_boot=50) == (0.0, 0.0)
+    with pytest.raises(ValueError, match="n_items"):
+        bootstrap_mean_gap(yt, yb, {0: yb[:-1]}, labels=labels, n_boot=10)

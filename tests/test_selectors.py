@@ -5,7 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers.selectors import METHODS, jaccard, layer_counts, select, to_mask
+from helpers.selectors import (
+    METHODS,
+    SelectionShortfall,
+    jaccard,
+    layer_counts,
+    select,
+    select_report,
+    tie_report,
+    to_mask,
+)
 from helpers.stats import ActivationStats
 
 LABELS = ["angry", "happy", "neutral", "sad"]
@@ -286,7 +295,9 @@ def test_unknown_method_and_option(planted):
     stats, _ = planted
     with pytest.raises(ValueError, match="unknown selection method 'lapx'.*lap, lape, mad, cas, aape, random"):
         select(stats, "lapx", k=1)
-    with pytest.raises(ValueError, match=r"unknown option\(s\) \['bar'\] for method 'lape'.*bar_quantile"):
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['bogus'\] for method 'lape'.*bar_quantile"):
+        select(stats, "lape", k=1, bogus=0.9)
+    with pytest.raises(ValueError, match="bar must be 'strict' or 'saturation'"):
         select(stats, "lape", k=1, bar=0.9)
     with pytest.raises(ValueError, match="bar_quantile must be a number in"):
         select(stats, "lape", k=1, bar_quantile=95)
@@ -317,5 +328,143 @@ def test_mask_counts_and_overlap(planted):
     assert counts["angry"] == torch.bincount(torch.tensor(t["specific"][0]) // N, minlength=L).tolist()
     assert jaccard(lap, cas) == pytest.approx(dict.fromkeys(LABELS, 3 / 7))
     assert jaccard(cas["angry"], cas["angry"]) == 1.0 and jaccard(cas["angry"], cas["happy"]) == 0.0
-    with pytest.raises(ValueError, match="layer indices outside"):
+    with pytest.raises(ValueError, match=rf"first \({L}, 0\).*{L} x {N} gates"):
         to_mask({"x": torch.tensor([[L, 0]])}, L, N)
+
+
+# ------------------------------------------------------------------------------------------------ named options
+def _stats_from(p: torch.Tensor, mean: torch.Tensor) -> ActivationStats:
+    """Stats with prescribed p and mean [M, C] (flat index = layer * N + neuron)."""
+    return ActivationStats(labels=list(LABELS), tokens=TOKENS.clone(), items=TOKENS / 10,
+                           active=(p * TOKENS).reshape(L, N, C), total=(mean * TOKENS).reshape(L, N, C),
+                           total_sq=(mean * TOKENS).reshape(L, N, C) * 10)
+
+
+def _saturated():
+    """Like the answer position: 60 neurons fire on every token of every emotion (p = 1, 23 % of all p), so the
+    95 % bar is 1. Planted: 3 specific neurons per emotion (p_e 0.9, else 0.05) and 1 saturated-specific one
+    (p_e = 1, else 0.05); background p in [0.1, 0.3]."""
+    gen = torch.Generator().manual_seed(5)
+    perm = torch.randperm(M, generator=gen)
+    p = 0.1 + 0.2 * torch.rand(M, C, generator=gen, dtype=torch.float64)
+    mean = 0.2 * torch.ones(M, C, dtype=torch.float64)
+    p[perm[:60]] = 1.0
+    specific = {c: perm[60 + 4 * c : 63 + 4 * c].tolist() for c in range(C)}
+    saturated = {c: int(perm[63 + 4 * c]) for c in range(C)}
+    for c in range(C):
+        for j, n in enumerate(specific[c]):
+            p[n] = 0.05
+            p[n, c] = 0.9 - 0.01 * j
+        p[saturated[c]] = 0.05
+        p[saturated[c], c] = 1.0
+    return _stats_from(p, mean), specific, saturated
+
+
+def test_lape_strict_bar_keeps_nothing_at_saturation_and_says_why():
+    stats, _, _ = _saturated()
+    report = select_report(stats, "lape", k=16)
+    assert report.details["filter_value"] == 1.0 and report.details["filter_rule"] == "strict, saturated"
+    assert all(v.shape == (0, 2) for v in report.selection.values()) and not report.full
+    assert all("saturated" in why and "bar='saturation'" in why for why in report.shortfall.values())
+    with pytest.warns(SelectionShortfall, match="saturated"):
+        select(stats, "lape", k=16)
+
+
+def test_lape_saturation_bar_finds_the_planted_neurons():
+    stats, specific, saturated = _saturated()
+    report = select_report(stats, "lape", k=16, bar="saturation")
+    assert report.details["bar_rule"].startswith("saturation") and report.details["bar_value"] < 1.0
+    assert report.full
+    for c, label in enumerate(LABELS):
+        got = _flat_list(report.selection[label])
+        assert set(got) == {*specific[c], saturated[c]}
+        assert got[0] == saturated[c]  # lowest entropy (p = 1 vs 0.05) first
+    # the 60 neurons saturated for every emotion pass the filter but have maximal entropy: never kept
+    all_on = set(torch.randperm(M, generator=torch.Generator().manual_seed(5))[:60].tolist())
+    assert all_on.isdisjoint(set().union(*_flat_sets(report.selection).values()))
+
+
+def test_lape_saturation_bar_equals_strict_when_nothing_saturates(planted):
+    stats, _ = planted
+    for k in (12, 40):
+        strict, sat = select_report(stats, "lape", k=k), select_report(stats, "lape", k=k, bar="saturation")
+        assert sat.details["bar_rule"] == sat.details["filter_rule"] == "strict"
+        assert all(torch.equal(strict.selection[lbl], sat.selection[lbl]) for lbl in LABELS)
+
+
+def _tied():
+    """20 neurons with p = 1 for every emotion and distinct means (0.5 .. 2.4); one neuron with p = 0.99 and a
+    huge mean; background p < 0.5."""
+    gen = torch.Generator().manual_seed(9)
+    perm = torch.randperm(M, generator=gen)
+    p = 0.1 + 0.3 * torch.rand(M, C, generator=gen, dtype=torch.float64)
+    mean = 0.2 * torch.ones(M, C, dtype=torch.float64)
+    tied = perm[:20].tolist()
+    for j, n in enumerate(tied):
+        p[n], mean[n] = 1.0, 0.5 + 0.1 * j
+    p[perm[20]], mean[perm[20]] = 0.99, 50.0
+    return _stats_from(p, mean), tied, int(perm[20])
+
+
+def test_lap_ties_mean_vs_random_and_the_tie_report():
+    stats, tied, runner_up = _tied()
+    by_mean = select_report(stats, "lap", k=5)
+    for label in LABELS:
+        assert _flat_list(by_mean.selection[label]) == tied[::-1][:5]  # highest mean first among p = 1
+        assert tie_report(by_mean)[label] == {"cut_value": 1.0, "tied_at_cut": 20, "tied_selected": 5}
+    r0, r0b, r1 = (select_report(stats, "lap", k=5, ties="random", seed=s) for s in (0, 0, 1))
+    for label in LABELS:
+        got = _flat_list(r0.selection[label])
+        assert set(got) <= set(tied) and runner_up not in got  # ties only reorder equal p
+        assert got == _flat_list(r0b.selection[label])  # seeded
+    assert any(_flat_list(r0.selection[lbl]) != _flat_list(r1.selection[lbl]) for lbl in LABELS)
+    assert any(set(_flat_list(r0.selection[lbl])) != set(tied[::-1][:5]) for lbl in LABELS)
+    # with room for all the tied neurons, the tie-breaker no longer decides membership
+    wide = select_report(stats, "lap", k=21, ties="random")
+    assert all(set(_flat_list(v)) == {*tied, runner_up} for v in wide.selection.values())
+    assert tie_report(wide)["angry"]["tied_at_cut"] == 1
+
+
+def test_cas_on_means_finds_magnitude_neurons(planted):
+    stats, t = planted
+    on_mean = select(stats, "cas", k=1, on="mean")
+    on_prob = _flat_sets(select(stats, "cas", k=M))
+    for c, label in enumerate(LABELS):
+        assert _flat_list(on_mean[label]) == [t["magnitude"][c]]  # mean margin 4.8, the largest
+        assert t["magnitude"][c] not in on_prob[label]
+    with pytest.raises(ValueError, match="on must be"):
+        select(stats, "cas", k=1, on="median")
+
+
+def test_cas_reports_how_many_neurons_prefer_an_emotion(planted):
+    stats, _ = planted
+    report = select_report(stats, "cas", k=M)
+    assert not report.full and all("top emotion by prob" in why for why in report.shortfall.values())
+    assert all(report.sizes[lbl] < M for lbl in LABELS)
+
+
+def test_aape_budget_own_vs_fraction(planted):
+    stats, t = planted
+    own = select_report(stats, "aape", entropy_rate=12 / M)
+    assert own.details["budget"] == "own" and set(own.sizes.values()) == {1}  # round(0.05 * 12) -> 1
+    same = select_report(stats, "aape", k=20, entropy_rate=12 / M)
+    assert same.details["budget"] == "fraction" and same.details["pool_enlarged"]
+    assert set(same.sizes.values()) == {20} and same.full
+    for c, label in enumerate(LABELS):
+        assert set(t["specific"][c]) <= set(_flat_list(same.selection[label]))
+    lap = select(stats, "lap", k=20)
+    assert {lbl: v.shape[0] for lbl, v in lap.items()} == same.sizes  # equal budgets
+    with pytest.raises(ValueError, match="budget='own'"):
+        select(stats, "aape", k=3, budget="own")
+    with pytest.raises(ValueError, match="needs a size"):
+        select(stats, "aape", budget="fraction")
+
+
+def test_random_draws_are_independent_per_salt_and_can_match_layers(planted):
+    stats, _ = planted
+    like = select(stats, "cas", k=3)
+    a, b = select(stats, "random", like=like, salt="mad"), select(stats, "random", like=like, salt="lap")
+    assert all(not torch.equal(a[lbl], b[lbl]) for lbl in LABELS)
+    matched = select(stats, "random", like=like, salt="cas", match_layers=True)
+    assert layer_counts(matched, L) == layer_counts(like, L)
+    assert select_report(stats, "random", like=like).full

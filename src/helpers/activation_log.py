@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .evaluation import batch_inputs, batches, label_indices
+from .evaluation import batches, label_indices
 from .hooks import trace_gates
 from .models import gate_shape
 from .stats import ActivationStats, StatsAccumulator, row_sums
@@ -56,10 +56,11 @@ def log_activations(org: Subject, df: pd.DataFrame, *, positions: str = "last", 
     offset = 0
     for rows in tqdm(batches(df, batch_size), desc=f"logging ({positions} positions)", disable=not progress,
                      mininterval=2.0):
-        inputs = batch_inputs(org, rows)
-        mask = org.position_masks(inputs["input_ids"])[positions]
-        logits, sums = trace_gates(org.model, inputs, reduce=lambda _i, g, m=mask: row_sums(g, m), logits="last")
-        pred = org.label_logits(logits).argmax(-1).cpu()
+        batch = org.batch_inputs(rows)
+        mask = org.position_masks(batch)[positions]
+        logits, sums = trace_gates(org.model, batch.inputs, reduce=lambda _i, g, m=mask: row_sums(g, m),
+                                   logits="last")
+        pred = org.label_logits(batch, logits).argmax(-1).cpu()
         y = torch.from_numpy(y_all[offset : offset + len(rows)])
         correct = pred == y
         keep = correct if only_correct else torch.ones_like(correct)
@@ -72,6 +73,14 @@ def log_activations(org: Subject, df: pd.DataFrame, *, positions: str = "last", 
         offset += len(rows)
     stats = acc.result(meta={"positions": positions, "only_correct": only_correct})
     empty = stats.empty_classes()
+    present = set(df["label"])
+    no_items = [lbl for lbl in empty if lbl not in present]
+    if no_items:
+        raise ValueError(
+            f"no counted tokens for class(es) {empty}: there are no items of {no_items} among the {len(df)} items "
+            f"given (labels present: {sorted(present)}; the subject's labels: {labels}); check the split and `labels` "
+            "in the config (they must be the subject's labels), or add items of those emotions to the dataset"
+        )
     if empty:
         raise ValueError(
             f"no counted tokens for class(es) {empty}: the model answered none of their items correctly "
@@ -94,7 +103,9 @@ def layer_profile(stats: ActivationStats) -> pd.DataFrame:
 
 def one_item_gates(org: Subject, row: pd.DataFrame) -> tuple[np.ndarray, Sequence[str]]:
     """Raw gate values of one item, [L, T, N], with the token strings — only for showing what is hooked."""
-    inputs = batch_inputs(org, row.head(1))
-    _, gates = trace_gates(org.model, inputs, logits="none")
-    tokens = org.tokenizer.convert_ids_to_tokens(inputs["input_ids"][0].tolist())
+    batch = org.batch_inputs(row.head(1))
+    _, gates = trace_gates(org.model, batch.inputs, logits="none")
+    ids = batch.input_ids
+    assert ids is not None, "the subject's batch carries no token ids"
+    tokens = org.tokenizer.convert_ids_to_tokens(ids[0].tolist())
     return torch.stack([g[0] for g in gates]).float().numpy(), tokens

@@ -30,10 +30,6 @@ def batches(df: pd.DataFrame, batch_size: int) -> list[pd.DataFrame]:
     return [df.iloc[i : i + batch_size] for i in range(0, len(df), batch_size)]
 
 
-def batch_inputs(org: Subject, rows: pd.DataFrame) -> dict[str, torch.Tensor]:
-    return org.batch_inputs(rows)
-
-
 @torch.no_grad()
 def label_logits(org: Subject, df: pd.DataFrame, *, batch_size: int = 64, scale_all: float | None = None,
                  progress: bool = True) -> torch.Tensor:
@@ -44,13 +40,13 @@ def label_logits(org: Subject, df: pd.DataFrame, *, batch_size: int = 64, scale_
     out = []
     n_layers, n_neurons = gate_shape(org.model)
     for rows in tqdm(batches(df, batch_size), desc="predict", disable=not progress, mininterval=2.0):
-        inputs = batch_inputs(org, rows)
+        batch = org.batch_inputs(rows)
         if scale_all is None:
-            logits = org.model(**inputs).logits
+            logits = org.model(**batch.inputs).logits
         else:
             scale = torch.full((len(rows), n_layers, n_neurons), float(scale_all))
-            logits = run_with_gate_edits(org.model, inputs, scale=scale)
-        out.append(org.label_logits(logits).float())
+            logits = run_with_gate_edits(org.model, batch.inputs, scale=scale)
+        out.append(org.label_logits(batch, logits).float())
     return torch.cat(out)
 
 

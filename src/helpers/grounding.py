@@ -23,11 +23,18 @@ patch of every gate at every position does *not* reproduce the counterfactual's 
 
 **Grounding coefficient** (our definition): for a neuron (or the mean of a neuron set) read at the answer position,
 ``Δ_audio`` is the mean over audio pairs of ``|activation after patching the audio side − before|`` and ``Δ_text``
-the same over text pairs with the text side patched; ``coefficient = Δ_audio / (Δ_audio + Δ_text)`` in [0, 1]
-(1: only the audio moves it; 0: only the text). It is NaN when both Δs are 0 (the neuron moves with neither, so it
-has no grounding to report). The same ratio on the change of the probability of the counterfactual's emotion gives
-the *prediction* coefficient of a patched set. Bootstrap intervals resample the audio pairs and the text pairs
-independently (they are two samples).
+the same over text pairs with the text side patched. The raw ratio ``Δ_audio / (Δ_audio + Δ_text)`` measures which
+perturbation is larger, not which modality drives the neuron (a planted neuron that reads only the text shift
+scored 0.90 on the organism, whose audio pairs move the MLP input 8.6x more than its text pairs). So each side's Δ
+is divided by that side's *null* — the mean Δ of the neurons of the same layer (neurons), or of random sets of the
+same size and per-layer counts (sets), or the side's total effect (predictions) — and
+``g = r_audio / (r_audio + r_text)`` with ``r = Δ / null`` (:func:`calibrated_coefficient`): 1 = only the audio
+moves it (relative to a typical neuron), 0 = only the text, 0.5 = like a typical neuron. ``g`` is NaN
+(undetermined) when the neuron moves with neither side or less than :attr:`GroundingThresholds.floor` times its
+null on both; every table keeps the raw Δs, nulls, ratios and the raw ratio (``coefficient_raw``).
+:func:`known_answer_table` validates the definition with planted neurons (text reader, audio reader, random
+directions) and :func:`dissociation` tests it causally on conflict items. Bootstrap intervals resample the audio
+pairs and the text pairs independently (they are two samples), each side's Δ together with its null.
 
 Why read at the answer position: it is patched by neither side, so its change can only arrive through attention
 from the patched positions, which is exactly the question "where does this neuron get its input from". A
@@ -38,6 +45,7 @@ under gate patching (both Δs are 0, coefficient NaN); read them under residual 
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -49,8 +57,9 @@ import pandas as pd
 import torch
 
 from .hooks import LogitsMode, Reduce, _envoys, _plan, apply_gate_edit, run_with_gate_edits, select_logits, trace_gates
-from .models import decoder_layers, gate_shape
-from .subject import Subject
+from .models import decoder_layers, forward_model, gate_shape
+from .neuron_sets import as_mask, random_sets, stable_seed
+from .subject import Batch, Subject
 
 Side = Literal["audio", "text", "all"]
 Direction = Literal["denoise", "noise"]
@@ -212,23 +221,6 @@ def cluster_of_layers(n_layers: int, clusters: Mapping[str, Sequence[int]]) -> n
 
 
 # ---------------------------------------------------------------------------------------------------- neuron sets
-def as_mask(neurons: torch.Tensor | np.ndarray | Sequence, n_layers: int, n_neurons: int) -> torch.Tensor:
-    """A neuron set as a bool mask [L, N]: accepts a mask or ``(layer, neuron)`` pairs ``[m, 2]``."""
-    t = neurons if isinstance(neurons, torch.Tensor) else torch.as_tensor(np.array(neurons))
-    if t.dtype == torch.bool:
-        if tuple(t.shape) != (n_layers, n_neurons):
-            raise ValueError(f"neuron mask has shape {tuple(t.shape)}, the model has {n_layers} x {n_neurons} gates")
-        return t.clone()
-    pairs = t.long().reshape(-1, 2)
-    if pairs.numel() and (
-        pairs.min() < 0 or int(pairs[:, 0].max()) >= n_layers or int(pairs[:, 1].max()) >= n_neurons
-    ):
-        raise ValueError(f"neuron pairs outside the model's {n_layers} x {n_neurons} gates")
-    mask = torch.zeros(n_layers, n_neurons, dtype=torch.bool)
-    mask[pairs[:, 0], pairs[:, 1]] = True
-    return mask
-
-
 def union_mask(sets: Mapping[str, Any], n_layers: int, n_neurons: int) -> torch.Tensor:
     """Union of several neuron sets as one mask [L, N] (e.g. the ``read`` mask covering every set)."""
     out = torch.zeros(n_layers, n_neurons, dtype=torch.bool)
@@ -258,24 +250,18 @@ def split_by_cluster(
     return out
 
 
-def random_mask_like(mask: torch.Tensor, seed: int = 0, exclude: torch.Tensor | None = None) -> torch.Tensor:
-    """A random neuron set with the same number of neurons per layer as ``mask`` (avoiding ``exclude``).
+def random_mask_like(mask: torch.Tensor, seed: int = 0, exclude: torch.Tensor | None = None, *,
+                     salt: str = "grounding") -> torch.Tensor:
+    """A random neuron set with the same number of neurons per layer as ``mask`` (avoiding ``exclude``), drawn by
+    :func:`helpers.neuron_sets.random_sets` (``match_layers=True``; give each compared set its own ``salt``).
 
     Why: the audio- and text-grounded sets differ in size and layer profile; deactivating a size- and layer-matched
     random set tells how much of a shift any deactivation of that size causes.
     """
-    g = torch.Generator().manual_seed(seed)
-    out = torch.zeros_like(mask, dtype=torch.bool)
-    for layer in range(mask.shape[0]):
-        k = int(mask[layer].sum())
-        if k == 0:
-            continue
-        allowed = torch.ones(mask.shape[1], dtype=torch.bool) if exclude is None else ~exclude[layer]
-        idx = allowed.nonzero().flatten()
-        if len(idx) < k:
-            raise ValueError(f"layer {layer}: cannot draw {k} random neurons from {len(idx)} allowed ones")
-        out[layer, idx[torch.randperm(len(idx), generator=g)[:k]]] = True
-    return out
+    n_layers, n_neurons = mask.shape
+    pairs = random_sets({"set": mask}, (n_layers, n_neurons), seed=seed, salt=salt, match_layers=True,
+                        exclude=exclude)["set"]
+    return as_mask(pairs, n_layers, n_neurons)
 
 
 # ----------------------------------------------------------------------------------------------- patched tracing
@@ -497,16 +483,16 @@ def _cf_emotions(base: pd.DataFrame, cf: pd.DataFrame) -> list[str]:
     return out
 
 
-def _side_positions(subject: Subject, base_ids: torch.Tensor, cf_ids: torch.Tensor, side: str,
+def _side_positions(subject: Subject, base: Batch, cf: Batch, side: str,
                     exclude_answer: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(patched positions, answer positions) [B, T]; refuses prompts that do not align position by position."""
-    if base_ids.shape != cf_ids.shape:
+    mb, mc = subject.position_masks(base), subject.position_masks(cf)
+    if mb["all"].shape != mc["all"].shape:
         raise ValueError(
-            f"base and counterfactual prompts have different token shapes {tuple(base_ids.shape)} vs "
-            f"{tuple(cf_ids.shape)}: patching by position needs prompts that align position by position "
+            f"base and counterfactual prompts have different token shapes {tuple(mb['all'].shape)} vs "
+            f"{tuple(mc['all'].shape)}: patching by position needs prompts that align position by position "
             "(the organism's fixed-length prompts do; for a real model use texts of equal token length)"
         )
-    mb, mc = subject.position_masks(base_ids), subject.position_masks(cf_ids)
     for key in {side, "last"}:
         if key not in mb:
             raise ValueError(f"the subject has no {key!r} position mask (it has {sorted(mb)})")
@@ -598,14 +584,15 @@ def patch_run(
         b_rows = base_rows.iloc[start : start + batch_size]
         c_rows = cf_rows.iloc[start : start + batch_size]
         b_in, c_in = subject.batch_inputs(b_rows), subject.batch_inputs(c_rows)
-        target, source = (b_in, c_in) if direction == "denoise" else (c_in, b_in)
-        pos, answer = _side_positions(subject, b_in["input_ids"], c_in["input_ids"], side, exclude_answer)
+        tgt, src = (b_in, c_in) if direction == "denoise" else (c_in, b_in)
+        target, source = tgt.inputs, src.inputs
+        pos, answer = _side_positions(subject, b_in, c_in, side, exclude_answer)
         readout = _Readout(read_index, n_layers, answer, pos)
         batch = len(b_rows)
 
         # before: the target run as it is
         lg, outs = trace_gates(model, target, reduce=readout, logits="last")
-        acc["lb"].append(subject.label_logits(lg).float().cpu())
+        acc["lb"].append(subject.label_logits(tgt, lg).float().cpu())
         acc["ab"].append(_Readout.collect(outs, batch))
 
         if what == "gates":
@@ -626,9 +613,9 @@ def patch_run(
             lg_after, after, _ = trace_patched(
                 model, target, residual=hidden, residual_positions=pos, reduce=readout, logits="last"
             )
-        acc["ls"].append(subject.label_logits(lg).float().cpu())
+        acc["ls"].append(subject.label_logits(src, lg).float().cpu())
         acc["as"].append(_Readout.collect(src_read, batch))
-        acc["la"].append(subject.label_logits(lg_after).float().cpu())
+        acc["la"].append(subject.label_logits(tgt, lg_after).float().cpu())
         acc["aa"].append(_Readout.collect(after, batch))
 
     def cat_acts(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -666,17 +653,104 @@ def patch_pairs(subject: Subject, pairs: pd.DataFrame, **kwargs: Any) -> PatchRe
 
 
 # ------------------------------------------------------------------------------------------- grounding coefficient
-def grounding_coefficient(delta_audio: Any, delta_text: Any) -> np.ndarray:
-    """``Δ_audio / (Δ_audio + Δ_text)`` elementwise, on absolute values; NaN where both are 0.
+@dataclass(frozen=True)
+class GroundingThresholds:
+    """Thresholds of the grounding coefficient (one object shared by every grounding table)."""
 
-    1 = only patching the audio moves it, 0 = only patching the text does. NaN (not 0.5) when neither moves it:
-    a neuron untouched by both has no grounding to report, and averaging it in as "mixed" would hide that.
+    audio_min: float = AUDIO_GROUNDED_MIN
+    """A coefficient at or above this is ``"audio"``-grounded."""
+    text_max: float = TEXT_GROUNDED_MAX
+    """A coefficient at or below this is ``"text"``-grounded (``"mixed"`` in between)."""
+    floor: float = 0.25
+    """Neurons and sets: the coefficient is undetermined (NaN, grounding ``"none"``) unless the neuron (set) moves
+    at least ``floor`` times its null on one side (``max(ratio_audio, ratio_text) >= floor``): a neuron that
+    neither side moves more than a quarter as much as a typical neuron has no grounding to report."""
+    prediction_floor: float = 0.05
+    """Predictions: undetermined unless the patch carries at least this share of one side's total effect on the
+    probability of the counterfactual's emotion."""
+    min_delta: float = 1e-6
+    """Undetermined when both raw Δs are at most this (nothing moved at all, e.g. layer-0 neurons under gate
+    patching)."""
+    null: Literal["layer", "all"] = "layer"
+    """Neurons: the null of a side is the mean Δ of that side over the read neurons of the same layer
+    (``"layer"``; each layer's input moves by a different amount) or over all read neurons (``"all"``)."""
+    n_null_sets: int = 200
+    """Sets: random layer-matched sets of the same size (from the read neurons) whose mean Δ is the set's null."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.text_max < self.audio_min <= 1.0:
+            raise ValueError(f"need 0 <= text_max < audio_min <= 1, got text_max={self.text_max}, "
+                             f"audio_min={self.audio_min}")
+        for name in ("floor", "prediction_floor", "min_delta"):
+            if not float(getattr(self, name)) >= 0.0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.null not in ("layer", "all"):
+            raise ValueError(f"null must be 'layer' or 'all', got {self.null!r}")
+        if isinstance(self.n_null_sets, bool) or not isinstance(self.n_null_sets, int) or self.n_null_sets < 1:
+            raise ValueError(f"n_null_sets must be an integer >= 1, got {self.n_null_sets!r}")
+
+
+def _thresholds(thresholds: GroundingThresholds | None, audio_min: float | None, text_max: float | None
+                ) -> GroundingThresholds:
+    th = thresholds or GroundingThresholds()
+    if audio_min is not None or text_max is not None:
+        th = dataclasses.replace(th, **({"audio_min": audio_min} if audio_min is not None else {}),
+                                 **({"text_max": text_max} if text_max is not None else {}))
+    return th
+
+
+def grounding_coefficient(delta_audio: Any, delta_text: Any) -> np.ndarray:
+    """The *raw* ratio ``Δ_audio / (Δ_audio + Δ_text)`` elementwise, on absolute values; NaN where both are 0.
+
+    Kept for reference (``coefficient_raw`` in the tables): it measures which perturbation is larger, not which
+    modality drives a neuron — if the audio pairs move the MLP input 8.6x more than the text pairs, a neuron that
+    reads only the text shift still scores about 0.9. :func:`calibrated_coefficient` is the one to use.
     """
     a = np.abs(np.asarray(delta_audio, dtype=np.float64))
     t = np.abs(np.asarray(delta_text, dtype=np.float64))
     total = a + t
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(total > 0, a / np.where(total > 0, total, 1.0), np.nan)
+
+
+def _ratio(delta: np.ndarray, null: np.ndarray) -> np.ndarray:
+    """Δ / null with 0 / anything = 0 and positive / 0 = inf."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = np.where(null > 0, delta / np.where(null > 0, null, 1.0), np.inf)
+    return np.where(delta > 0, r, 0.0)
+
+
+def calibrated_coefficient(delta_audio: Any, delta_text: Any, null_audio: Any, null_text: Any, *,
+                           floor: float = 0.25, min_delta: float = 1e-6
+                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The grounding coefficient, invariant to how large each side's perturbation is.
+
+    Each side's Δ is divided by that side's *null* — what the same perturbation does to a typical neuron (the
+    mean Δ over the neurons of the layer) or to a random set of the same size and layer profile — giving
+    ``r_audio = Δ_audio / null_audio`` and ``r_text = Δ_text / null_text``, and ``g = r_audio / (r_audio +
+    r_text)``. Scaling every text Δ by 0.1 (a weaker text manipulation) scales the text null by 0.1 too and
+    leaves ``g`` unchanged. ``g`` is NaN (undetermined) where both raw Δs are ``<= min_delta`` or neither ratio
+    reaches ``floor``; a side whose null is 0 while the neuron moves gives ``r = inf`` (the neuron alone moves).
+
+    Returns ``(g, r_audio, r_text, reason)`` with ``reason`` ``""`` where ``g`` is determined.
+    """
+    da = np.abs(np.asarray(delta_audio, dtype=np.float64))
+    dt = np.abs(np.asarray(delta_text, dtype=np.float64))
+    na = np.abs(np.asarray(null_audio, dtype=np.float64))
+    nt = np.abs(np.asarray(null_text, dtype=np.float64))
+    ra, rt = _ratio(da, na), _ratio(dt, nt)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        g = np.where(np.isinf(ra) & ~np.isinf(rt), 1.0,
+                     np.where(np.isinf(rt) & ~np.isinf(ra), 0.0, ra / (ra + rt)))
+    reason = np.full(g.shape, "", dtype=object)
+    low = np.maximum(ra, rt) < floor
+    reason[low] = f"moves less than {floor:g}x its null on both sides"
+    both_inf = np.isinf(ra) & np.isinf(rt)
+    reason[both_inf] = "both sides' nulls are 0 while it moves"
+    still = (da <= min_delta) & (dt <= min_delta)
+    reason[still] = f"moves with neither side (|Δ| <= {min_delta:g})"
+    g = np.where(reason == "", g, np.nan)
+    return g.astype(np.float64), ra, rt, reason
 
 
 def classify_grounding(
@@ -693,32 +767,33 @@ def classify_grounding(
     return out
 
 
-def _boot_means(x: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """[n_boot, K] means of ``x`` [n, K] over items resampled with replacement (multinomial weights @ x)."""
-    n = x.shape[0]
-    w = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(np.float64) / n
-    return w @ x
+def _boot_weights(n: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """[n_boot, n] multinomial resampling weights (each row sums to 1)."""
+    return rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(np.float64) / n
 
 
-def _coef_interval(da: np.ndarray, dt: np.ndarray, n_boot: int, ci: float, seed: int,
-                   chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-    """Percentile interval of the coefficient per column, resampling audio and text pairs independently."""
+def _coef_interval(da: np.ndarray, dt: np.ndarray, na: np.ndarray, nt: np.ndarray, n_boot: int, ci: float,
+                   seed: int, th: GroundingThresholds, floor: float, chunk: int = 4096
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile interval of the calibrated coefficient per column, resampling audio and text pairs independently
+    (each side's Δ and its null with the same resample). Undetermined resamples are dropped."""
     if not 0.0 < ci < 1.0:
         raise ValueError(f"ci must lie strictly between 0 and 1, got {ci}")
     k = da.shape[1]
     lo, hi = np.full(k, np.nan), np.full(k, np.nan)
     alpha = (1.0 - ci) / 2.0
+    wa = _boot_weights(da.shape[0], n_boot, np.random.default_rng([seed, 0]))
+    wt = _boot_weights(dt.shape[0], n_boot, np.random.default_rng([seed, 1]))
     for s in range(0, k, chunk):
-        # the same seeds in every chunk: every column sees the same resamples (a joint bootstrap over neurons)
-        rng_a, rng_t = np.random.default_rng([seed, 0]), np.random.default_rng([seed, 1])
-        coef = grounding_coefficient(_boot_means(da[:, s : s + chunk], n_boot, rng_a),
-                                     _boot_means(dt[:, s : s + chunk], n_boot, rng_t))
+        sl = slice(s, s + chunk)
+        coef = calibrated_coefficient(wa @ da[:, sl], wt @ dt[:, sl], wa @ na[:, sl], wt @ nt[:, sl], floor=floor,
+                                      min_delta=th.min_delta)[0]
         ok = ~np.isnan(coef).all(0)
         if ok.any():
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
                 q = np.nanquantile(coef[:, ok], [alpha, 1 - alpha], axis=0)
-            lo[s : s + chunk][ok], hi[s : s + chunk][ok] = q[0], q[1]
+            lo[sl][ok], hi[sl][ok] = q[0], q[1]
     return lo, hi
 
 
@@ -743,16 +818,32 @@ def _groups(result: PatchResult, group_by: str | None) -> np.ndarray:
     return result.base_rows[group_by].to_numpy().astype(object)
 
 
-def _coef_rows(da: np.ndarray, dt: np.ndarray, n_boot: int, ci: float, seed: int, audio_min: float,
-               text_max: float, prefix: str = "") -> dict[str, np.ndarray]:
-    ma, mt = da.mean(0), dt.mean(0)
-    coef = grounding_coefficient(ma, mt)
-    out = {f"{prefix}delta_audio": ma, f"{prefix}delta_text": mt, f"{prefix}coefficient": coef}
+def _coef_rows(da: np.ndarray, dt: np.ndarray, na: np.ndarray, nt: np.ndarray, n_boot: int, ci: float, seed: int,
+               th: GroundingThresholds, floor: float | None = None) -> dict[str, np.ndarray]:
+    """Columns of a grounding table from per-item Δs ``da`` [n_a, K], ``dt`` [n_t, K] and the per-item nulls
+    ``na``, ``nt`` of the same shapes (their means over items are the nulls)."""
+    fl = th.floor if floor is None else floor
+    ma, mt, mna, mnt = da.mean(0), dt.mean(0), na.mean(0), nt.mean(0)
+    coef, ra, rt, reason = calibrated_coefficient(ma, mt, mna, mnt, floor=fl, min_delta=th.min_delta)
+    out = {"delta_audio": ma, "delta_text": mt, "null_audio": mna, "null_text": mnt, "ratio_audio": ra,
+           "ratio_text": rt, "coefficient": coef, "coefficient_raw": grounding_coefficient(ma, mt)}
     if n_boot > 0:
-        lo, hi = _coef_interval(da, dt, n_boot, ci, seed)
-        out[f"{prefix}ci_low"], out[f"{prefix}ci_high"] = lo, hi
-    out[f"{prefix}grounding"] = classify_grounding(coef, audio_min=audio_min, text_max=text_max)
+        out["ci_low"], out["ci_high"] = _coef_interval(da, dt, na, nt, n_boot, ci, seed, th, fl)
+    out["grounding"] = classify_grounding(coef, audio_min=th.audio_min, text_max=th.text_max)
+    out["undetermined"] = reason
     return out
+
+
+def _layer_null(change: np.ndarray, read_index: torch.Tensor, how: str) -> np.ndarray:
+    """Per item, the mean |Δ| over the read neurons of each column's layer (or all read neurons)."""
+    if how == "all" or change.shape[1] == 0:
+        return np.repeat(change.mean(1, keepdims=True), change.shape[1], axis=1) if change.shape[1] else change
+    layer = read_index[:, 0].numpy()
+    uniq, inv = np.unique(layer, return_inverse=True)
+    onehot = np.zeros((change.shape[1], uniq.size))
+    onehot[np.arange(change.shape[1]), inv] = 1.0
+    per_layer = (change @ onehot) / onehot.sum(0)
+    return per_layer[:, inv]
 
 
 def neuron_grounding(
@@ -764,11 +855,19 @@ def neuron_grounding(
     n_boot: int = 0,
     ci: float = 0.95,
     seed: int = 0,
-    audio_min: float = AUDIO_GROUNDED_MIN,
-    text_max: float = TEXT_GROUNDED_MAX,
+    thresholds: GroundingThresholds | None = None,
+    audio_min: float | None = None,
+    text_max: float | None = None,
 ) -> pd.DataFrame:
-    """Per read neuron: ``layer, neuron, [cluster], delta_audio, delta_text, coefficient, [ci_low, ci_high],
-    grounding``. Δ = mean over pairs of |after − before| (vectorised over neurons; bootstrap when ``n_boot``)."""
+    """Per read neuron: ``layer, neuron, [cluster], delta_audio, delta_text`` (raw: mean over pairs of
+    |after − before|), ``null_audio, null_text`` (the mean Δ of the read neurons of its layer, see
+    :attr:`GroundingThresholds.null`), ``ratio_audio, ratio_text, coefficient`` (:func:`calibrated_coefficient`),
+    ``coefficient_raw``, ``[ci_low, ci_high]`` (bootstrap when ``n_boot``), ``grounding``, ``undetermined``.
+
+    The null is taken over the *read* neurons: read every neuron of the layers of interest (the default of
+    :func:`patch_run` without a ``neuron_mask``), not just a selected set, or the null is the set itself.
+    ``audio_min`` / ``text_max`` override the thresholds' class bounds."""
+    th = _thresholds(thresholds, audio_min, text_max)
     _check_pair(audio, text)
     da = audio.activation_change(where).abs().double().numpy()
     dt = text.activation_change(where).abs().double().numpy()
@@ -776,9 +875,23 @@ def neuron_grounding(
     df = pd.DataFrame({"layer": idx[:, 0], "neuron": idx[:, 1]})
     if clusters is not None:
         df["cluster"] = cluster_of_layers(int(idx[:, 0].max()) + 1 if len(idx) else 0, clusters)[idx[:, 0]]
-    for k, v in _coef_rows(da, dt, n_boot, ci, seed, audio_min, text_max).items():
+    na, nt = _layer_null(da, audio.read_index, th.null), _layer_null(dt, text.read_index, th.null)
+    for k, v in _coef_rows(da, dt, na, nt, n_boot, ci, seed, th).items():
         df[k] = v
     return df
+
+
+def _null_sets(read_index: torch.Tensor, cols: np.ndarray, n_sets: int, seed: int, name: str) -> np.ndarray:
+    """[K_read, n_sets] averaging matrix of random sets with the same per-layer counts as the columns ``cols``."""
+    layer = read_index[:, 0].numpy()
+    rng = np.random.default_rng(stable_seed(seed, "grounding-null", name))
+    out = np.zeros((len(layer), n_sets))
+    m = len(cols)
+    for lyr, count in zip(*np.unique(layer[cols], return_counts=True), strict=True):
+        pool = np.flatnonzero(layer == lyr)
+        pick = np.argsort(rng.random((n_sets, pool.size)), axis=1)[:, :count]
+        out[pool[pick], np.arange(n_sets)[:, None]] = 1.0 / m
+    return out
 
 
 def set_grounding(
@@ -793,31 +906,47 @@ def set_grounding(
     n_boot: int = 1000,
     ci: float = 0.95,
     seed: int = 0,
-    audio_min: float = AUDIO_GROUNDED_MIN,
-    text_max: float = TEXT_GROUNDED_MAX,
+    thresholds: GroundingThresholds | None = None,
+    audio_min: float | None = None,
+    text_max: float | None = None,
 ) -> pd.DataFrame:
-    """Per neuron set (and per item group, e.g. ``group_by="base_emotion"``): Δ = mean over pairs of
-    |mean activation of the set after − before|, the coefficient with its bootstrap interval and its class."""
+    """Per neuron set (and per item group, e.g. ``group_by="base_emotion"`` or a corpus column such as the
+    reliability level): Δ = mean over pairs of |mean activation of the set after − before| (raw), its null (the
+    same Δ of :attr:`GroundingThresholds.n_null_sets` random sets of the same size and per-layer counts drawn
+    from the read neurons), the calibrated coefficient with its bootstrap interval, ``coefficient_raw`` and the
+    class. Read every neuron of the sets' layers so that the null has neurons to draw from."""
+    th = _thresholds(thresholds, audio_min, text_max)
     _check_pair(audio, text)
     ga, gt = _groups(audio, group_by), _groups(text, group_by)
     names = list(sets)
-    def deltas(result: PatchResult) -> dict[str, np.ndarray]:
-        after = result.set_activation(sets, n_layers, n_neurons, "after", where)
-        before = result.set_activation(sets, n_layers, n_neurons, "before", where)
-        return {n: np.abs(after[n] - before[n]) for n in names}
+    cols = {n: audio.columns_of(sets[n], n_layers, n_neurons) for n in names}
+    ca = audio.activation_change(where).double().numpy()
+    ct = text.activation_change(where).double().numpy()
 
-    da_all, dt_all = deltas(audio), deltas(text)
+    def set_delta(change: np.ndarray, n: str) -> np.ndarray:
+        c = cols[n]
+        return np.abs(change[:, c].mean(1)) if len(c) else np.full(change.shape[0], np.nan)
+
+    def null_delta(change: np.ndarray, n: str) -> np.ndarray:
+        if not len(cols[n]):
+            return np.full(change.shape[0], np.nan)
+        return np.abs(change @ _null_sets(audio.read_index, cols[n], th.n_null_sets, seed, n)).mean(1)
+
+    da_all = {n: set_delta(ca, n) for n in names}
+    dt_all = {n: set_delta(ct, n) for n in names}
+    na_all = {n: null_delta(ca, n) for n in names}
+    nt_all = {n: null_delta(ct, n) for n in names}
     sizes = [int(as_mask(sets[n], n_layers, n_neurons).sum()) for n in names]
     rows = []
     for g in [x for x in pd.unique(ga) if x in set(gt)]:
         sa, st = ga == g, gt == g
-        da = np.stack([da_all[n][sa] for n in names], axis=1)
-        dt = np.stack([dt_all[n][st] for n in names], axis=1)
-        cols = _coef_rows(da, dt, n_boot, ci, seed, audio_min, text_max)
+        stack = lambda d, sel: np.stack([d[n][sel] for n in names], axis=1)  # noqa: E731
+        out = _coef_rows(stack(da_all, sa), stack(dt_all, st), stack(na_all, sa), stack(nt_all, st), n_boot, ci,
+                         seed, th)
         for j, n in enumerate(names):
             row = {"set": n, "group": g, "n_neurons": sizes[j], "n_audio_pairs": int(sa.sum()),
                    "n_text_pairs": int(st.sum())}
-            row.update({k: v[j] for k, v in cols.items()})
+            row.update({k: v[j] for k, v in out.items()})
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -830,24 +959,37 @@ def prediction_grounding(
     n_boot: int = 1000,
     ci: float = 0.95,
     seed: int = 0,
-    audio_min: float = AUDIO_GROUNDED_MIN,
-    text_max: float = TEXT_GROUNDED_MAX,
+    thresholds: GroundingThresholds | None = None,
+    audio_min: float | None = None,
+    text_max: float | None = None,
 ) -> pd.DataFrame:
-    """The coefficient on the answer: Δ = mean over pairs of |change of p(counterfactual emotion)|, for the
-    patched set and layers of the two runs; also the signed mean effects towards the counterfactual."""
+    """The coefficient on the answer: Δ = mean over pairs of |change of p(counterfactual emotion)| for the patched
+    set and layers of the two runs; each side's null is that side's *total* effect (mean |p_cf(source) −
+    p_cf(before)|, the whole counterfactual against the target run), so ``ratio_*`` is the share of the side's
+    total effect the patch carries, and the coefficient is undetermined below
+    :attr:`GroundingThresholds.prediction_floor` on both sides (a ratio of near-zeros is not a finding). Also
+    the signed mean effects toward the counterfactual. For :func:`total_effect` runs the patch *is* the total
+    effect, so only ``coefficient_raw`` is reported (``coefficient`` NaN with the reason)."""
+    th = _thresholds(thresholds, audio_min, text_max)
     if audio.side != "audio" or text.side != "text" or audio.direction != text.direction:
         raise ValueError("expected an audio-side and a text-side patch run in the same direction")
     ea, et = audio.pred_effect(), text.pred_effect()
+    tot_a = np.abs(audio.p_cf("source") - audio.p_cf("before"))
+    tot_t = np.abs(text.p_cf("source") - text.p_cf("before"))
     ga, gt = _groups(audio, group_by), _groups(text, group_by)
     rows = []
     for g in [x for x in pd.unique(ga) if x in set(gt)]:
         sa, st = (ga == g) & ~np.isnan(ea), (gt == g) & ~np.isnan(et)
         if not sa.any() or not st.any():
             continue
-        cols = _coef_rows(np.abs(ea[sa])[:, None], np.abs(et[st])[:, None], n_boot, ci, seed, audio_min, text_max)
+        cols = _coef_rows(np.abs(ea[sa])[:, None], np.abs(et[st])[:, None], tot_a[sa][:, None], tot_t[st][:, None],
+                          n_boot, ci, seed, th, floor=th.prediction_floor)
         row = {"group": g, "n_audio_pairs": int(sa.sum()), "n_text_pairs": int(st.sum()),
                "effect_audio": float(ea[sa].mean()), "effect_text": float(et[st].mean())}
         row.update({k: v[0] for k, v in cols.items()})
+        if audio.what == "input" or text.what == "input":
+            row.update({"coefficient": np.nan, "ci_low": np.nan, "ci_high": np.nan, "grounding": "none",
+                        "undetermined": "a total-effect run is its own null; see coefficient_raw"})
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -909,11 +1051,11 @@ def conflict_analysis(
     probs: dict[str, list[np.ndarray]] = {c: [] for c in conds}
     for start in range(0, len(df), batch_size):
         rows = df.iloc[start : start + batch_size]
-        inputs = subject.batch_inputs(rows)
+        batch = subject.batch_inputs(rows)
         for c in conds:
             scale = None if c == baseline else (~masks[c]).float()[None]
-            lg = run_with_gate_edits(model, inputs, scale=scale, logits="last")
-            p = torch.softmax(subject.label_logits(lg).float(), -1).cpu().numpy()
+            lg = run_with_gate_edits(model, batch.inputs, scale=scale, logits="last")
+            p = torch.softmax(subject.label_logits(batch, lg).float(), -1).cpu().numpy()
             preds[c].append(p.argmax(-1))
             probs[c].append(p)
     pred = {c: np.concatenate(preds[c]) for c in conds}
@@ -954,20 +1096,272 @@ def conflict_analysis(
     return ConflictResult(table=pd.DataFrame(table), predictions=predictions)
 
 
+# ------------------------------------------------------------------------------------------------ known answers
+def _mlp_inputs(subject: Subject, rows: pd.DataFrame, layer: int, batch_size: int) -> torch.Tensor:
+    """The input of decoder layer ``layer``'s MLP at each item's answer position, [n_items, hidden] (float32)."""
+    model = subject.model
+    mlp = decoder_layers(model)[layer].mlp
+    seen: list[torch.Tensor] = []
+    handle = mlp.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach()))
+    out = []
+    try:
+        for start in range(0, len(rows), batch_size):
+            batch = subject.batch_inputs(rows.iloc[start : start + batch_size])
+            seen.clear()
+            with torch.no_grad():
+                forward_model(model)(**batch.inputs)
+            last = subject.position_masks(batch)["last"].bool()
+            if not bool((last.sum(1) == 1).all()):
+                raise ValueError("the 'last' mask must mark exactly one answer position per item")
+            x = seen[0]
+            out.append(x[last.to(x.device)].float().cpu())
+    finally:
+        handle.remove()
+    return torch.cat(out)
+
+
+def _reader_direction(num: np.ndarray, den: np.ndarray, reg: float) -> np.ndarray:
+    """The unit direction ``w`` maximising ``E[(w·δ_num)²] / (E[(w·δ_den)²] + ε|w|²)`` over the shifts of two
+    kinds of pairs: what the first kind moves most *relative to* the second (a generalised eigenvector)."""
+    h = num.shape[1]
+    a = num.T @ num / len(num)
+    b = den.T @ den / len(den)
+    b = b + reg * (np.trace(b) / h + 1e-12) * np.eye(h)
+    chol_inv = np.linalg.inv(np.linalg.cholesky(b))
+    _, vecs = np.linalg.eigh(chol_inv @ a @ chol_inv.T)
+    w = chol_inv.T @ vecs[:, -1]
+    return w / np.linalg.norm(w)
+
+
+def known_answer_table(subject: Subject, audio_pairs: pd.DataFrame, text_pairs: pd.DataFrame, layer: int, *,
+                       neurons: Sequence[int] | None = None, n_random: int = 8, gain: float | None = None,
+                       reg: float = 1e-2, seed: int = 0, thresholds: GroundingThresholds | None = None,
+                       batch_size: int = 32) -> pd.DataFrame:
+    """Score planted neurons with the grounding coefficient: the known-answer check of the definition.
+
+    In decoder layer ``layer``, ``2 + n_random`` neurons (``neurons``, default the layer's last ones) get a new
+    ``gate_proj`` row and a zero ``down_proj`` column (so nothing downstream changes, and the MLP input of this
+    layer, which the readers read, is untouched):
+
+    * ``"text"``: reads what the text pairs move and the audio pairs do not — the direction ``w`` of the MLP input
+      at the answer position maximising ``E[(w·δ_text)²] / E[(w·δ_audio)²]`` over the pairs' shifts ``δ``
+      (:func:`_reader_direction`, ridge ``reg``);
+    * ``"audio"``: the same with the roles swapped;
+    * ``"random"``: ``n_random`` seeded random directions, pooled (``r`` = the mean of their ratios), since one
+      random direction's response to a low-rank shift varies a lot. It should land near the null, 0.5, where
+      the layer's own neurons are random directions (an untrained model), or be undetermined; in a trained model
+      the null is the layer's *typical neuron*, which need not be a random direction.
+
+    Each row is scaled so that ``w·x`` has the standard deviation ``gain`` over the items (default: the median
+    over the layer's neurons of their own pre-activation standard deviation, so the readers operate where the
+    layer's neurons do; sign: mean ≥ 0). The neurons are then read through the normal path — :func:`patch_pairs`
+    on both pair tables, :func:`total_effect`, :func:`neuron_grounding` with the layer's other neurons as the
+    null — and the weights are restored. Rows ``kind`` = ``text``, ``audio``, ``random`` (pooled) and
+    ``random:<i>``, with the :func:`neuron_grounding` columns, the root-mean-square norms of the pairs' shifts of
+    the MLP input (``shift_rms_audio``, ``shift_rms_text``: how much larger one perturbation is) and the cosine
+    between the two mean shifts (``shift_cosine``; near 0 when the pairs are ordered both ways).
+    """
+    th = thresholds or GroundingThresholds()
+    model = subject.model
+    n_layers, n_neurons = gate_shape(model)
+    if not 0 <= int(layer) < n_layers:
+        raise ValueError(f"layer {layer} outside the model's {n_layers} layers")
+    layer = int(layer)
+    n_plant = 2 + int(n_random)
+    planted = list(range(n_neurons - n_plant, n_neurons)) if neurons is None else [int(j) for j in neurons]
+    if int(n_random) < 1 or len(planted) != n_plant or len(set(planted)) != n_plant or not all(
+            0 <= j < n_neurons for j in planted):
+        raise ValueError(f"need n_random >= 1 and {n_plant} distinct neuron indices in [0, {n_neurons}), "
+                         f"got {planted}")
+    xs = {}
+    for kind, pairs in (("audio", audio_pairs), ("text", text_pairs)):
+        base, cf = pair_rows(pairs)
+        xs[kind] = (_mlp_inputs(subject, base, layer, batch_size).double().numpy(),
+                    _mlp_inputs(subject, cf, layer, batch_size).double().numpy())
+    d_a, d_t = xs["audio"][1] - xs["audio"][0], xs["text"][1] - xs["text"][0]
+    every = np.concatenate([*xs["audio"], *xs["text"]])
+    rng = np.random.default_rng(stable_seed(seed, "known-answer"))
+    kinds = ["text", "audio", *[f"random:{i}" for i in range(int(n_random))]]
+    dirs = {"text": _reader_direction(d_t, d_a, reg), "audio": _reader_direction(d_a, d_t, reg)}
+    dirs.update({k: rng.standard_normal(every.shape[1]) for k in kinds[2:]})
+    mlp = decoder_layers(model)[layer].mlp
+    gate_w, down_w = mlp.gate_proj.weight, mlp.down_proj.weight
+    if gain is None:
+        gain = float(np.median((every @ gate_w.detach().double().cpu().numpy().T).std(0)))
+    saved_gate, saved_down = gate_w.data[planted].clone(), down_w.data[:, planted].clone()
+    try:
+        with torch.no_grad():
+            for j, kind in zip(planted, kinds, strict=True):
+                w = dirs[kind] / np.linalg.norm(dirs[kind])
+                z = every @ w
+                w = w * (gain / max(float(z.std()), 1e-12)) * (1.0 if z.mean() >= 0 else -1.0)
+                gate_w.data[j] = torch.as_tensor(w, dtype=gate_w.dtype, device=gate_w.device)
+                down_w.data[:, j] = 0
+        read = torch.zeros(n_layers, n_neurons, dtype=torch.bool)
+        read[layer] = True
+        runs = {kind: total_effect(patch_pairs(subject, pairs, side=kind, read=read, batch_size=batch_size))
+                for kind, pairs in (("audio", audio_pairs), ("text", text_pairs))}
+        table = neuron_grounding(runs["audio"], runs["text"], thresholds=th)
+    finally:
+        with torch.no_grad():
+            gate_w.data[planted] = saved_gate
+            down_w.data[:, planted] = saved_down
+    rows = table.set_index("neuron").loc[planted].reset_index()
+    rows.insert(0, "kind", kinds)
+    rnd = rows[rows["kind"].str.startswith("random:")]
+    ra, rt = float(rnd["ratio_audio"].mean()), float(rnd["ratio_text"].mean())
+    g, _, _, why = calibrated_coefficient(ra, rt, 1.0, 1.0, floor=th.floor, min_delta=0.0)
+    pooled = {"kind": "random", "layer": layer, "neuron": -1, "delta_audio": float(rnd["delta_audio"].mean()),
+              "delta_text": float(rnd["delta_text"].mean()), "null_audio": float(rnd["null_audio"].mean()),
+              "null_text": float(rnd["null_text"].mean()), "ratio_audio": ra, "ratio_text": rt,
+              "coefficient": float(g), "coefficient_raw": float(grounding_coefficient(rnd["delta_audio"].mean(),
+                                                                                      rnd["delta_text"].mean())),
+              "grounding": classify_grounding(g, audio_min=th.audio_min, text_max=th.text_max).item(),
+              "undetermined": str(why.item())}
+    rows = pd.concat([rows.iloc[:2], pd.DataFrame([pooled]), rows.iloc[2:]], ignore_index=True)
+    ma, mt = d_a.mean(0), d_t.mean(0)
+    rows["shift_rms_audio"] = float(np.sqrt((d_a**2).sum(1).mean()))
+    rows["shift_rms_text"] = float(np.sqrt((d_t**2).sum(1).mean()))
+    rows["shift_cosine"] = float(ma @ mt / max(np.linalg.norm(ma) * np.linalg.norm(mt), 1e-12))
+    rows["gain"] = gain
+    return rows
+
+
+def known_answer_check(subject: Subject, audio_pairs: pd.DataFrame, text_pairs: pd.DataFrame, layer: int,
+                       **kwargs: Any) -> dict[str, float]:
+    """``{"text": g, "audio": g, "random": g}``: the calibrated coefficients of :func:`known_answer_table`'s
+    planted neurons (NaN where undetermined). A valid definition gives text ≤ ``text_max``, audio ≥
+    ``audio_min`` and random in between (or undetermined)."""
+    rows = known_answer_table(subject, audio_pairs, text_pairs, layer, **kwargs).set_index("kind")
+    return {kind: float(rows.loc[kind, "coefficient"]) for kind in ("text", "audio", "random")}
+
+
+# -------------------------------------------------------------------------------------------- double dissociation
+@dataclass
+class DissociationResult:
+    """Output of :func:`dissociation`.
+
+    * ``table``: one row per condition (``baseline``, ``text_sets``, ``audio_sets`` and their random controls per
+      seed) with ``n_neurons``, ``follows_text``, ``follows_audio`` and the changes against the baseline
+      ``delta_text_following`` / ``delta_audio_following`` with paired bootstrap intervals.
+    * ``summary``: ``{"text_sets": {...}, "audio_sets": {...}, "double_dissociation": bool}``; per set
+      ``text_following`` and ``audio_following`` (the Δs), their ``*_ci``, the random controls' mean Δs
+      (``random_text_following`` / ``random_audio_following``), the set minus its control with intervals
+      (``*_minus_random``, ``*_minus_random_ci``) and ``n_neurons``. ``double_dissociation``: the text sets lower
+      text-following more than audio-following and the audio sets lower audio-following more than text-following.
+    * ``predictions``: ``[n_conditions, n_items]`` predicted label indices.
+    """
+
+    table: pd.DataFrame
+    summary: dict[str, Any]
+    predictions: np.ndarray
+
+
+def _union(neurons: Any, n_layers: int, n_neurons: int) -> torch.Tensor:
+    if isinstance(neurons, Mapping):
+        return union_mask(neurons, n_layers, n_neurons)
+    return as_mask(neurons, n_layers, n_neurons)
+
+
+def dissociation(subject: Subject, conflict: pd.DataFrame, text_sets: Any, audio_sets: Any, *,
+                 random_seeds: Sequence[int] = (0, 1, 2, 3, 4), positions: str = "all", batch_size: int = 32,
+                 n_boot: int = 1000, ci: float = 0.95, seed: int = 0, progress: bool = True) -> DissociationResult:
+    """Double dissociation on conflict items (the audio says one emotion, the text another).
+
+    Deactivates (gate × 0) the text-grounded neurons (``text_sets``: a set, a mask or ``{name: set}`` whose union
+    is used) and, separately, the audio-grounded ones, and measures the change of text-following (the share of
+    conflict items answered with the text's emotion) and of audio-following (answered with the audio's
+    emotion) against the unedited model. Controls: per seed, random sets with the same per-layer counts
+    (:func:`helpers.neuron_sets.random_sets`, salted per set so the two controls are independent). Intervals:
+    paired percentile bootstrap over items, stratified by the audio emotion. If the grounding coefficient
+    means what it says, the text sets lower text-following more than audio-following and the audio sets the
+    reverse (``summary["double_dissociation"]``).
+    """
+    from .interventions import deactivate, identity, run_conditions
+    from .metrics import bootstrap_ci
+
+    require_columns(conflict, ("label", "context_label"), "the dissociation analysis (grounding)")
+    if conflict.empty:
+        raise GroundingDataError("no conflict items")
+    model = subject.model
+    n_layers, n_neurons = gate_shape(model)
+    masks = {"text_sets": _union(text_sets, n_layers, n_neurons), "audio_sets": _union(audio_sets, n_layers, n_neurons)}
+    df = conflict.reset_index(drop=True)
+    pos = {lbl: i for i, lbl in enumerate(subject.labels)}
+    y_audio = np.array([pos.get(x, -1) for x in df["label"]])
+    y_text = np.array([pos.get(x, -1) for x in df["context_label"]])
+    conds = [identity()]
+    for name, mask in masks.items():
+        conds.append(deactivate(mask, n_layers, n_neurons, name=name, meta={"set": name}))
+        for s in random_seeds:
+            r = random_sets({name: mask}, (n_layers, n_neurons), seed=int(s), salt=f"dissociation|{name}",
+                            match_layers=True)[name]
+            conds.append(deactivate(r, n_layers, n_neurons, name=f"random({name})#{s}",
+                                    meta={"set": f"random({name})", "seed": int(s)}))
+    preds = run_conditions(subject, df, conds, batch_size=batch_size, positions=positions, progress=progress
+                           ).argmax(-1)
+    ft = (preds == y_text[None]).astype(np.float64)
+    fa = (preds == y_audio[None]).astype(np.float64)
+
+    def interval(x: np.ndarray) -> tuple[float, float]:
+        if n_boot <= 0:
+            return (np.nan, np.nan)
+        return bootstrap_ci(lambda v: v.mean(axis=1), x, n_boot=n_boot, ci=ci, seed=seed, batched=True,
+                            strata=y_audio)
+
+    rows = []
+    for j, c in enumerate(conds):
+        dt_, da_ = ft[j] - ft[0], fa[j] - fa[0]
+        row = {"condition": c.name, "set": c.meta.get("set", "baseline"), "seed": c.meta.get("seed"),
+               "n_neurons": int(c.meta.get("n_neurons", 0)), "follows_text": ft[j].mean(),
+               "follows_audio": fa[j].mean(), "delta_text_following": dt_.mean(),
+               "delta_audio_following": da_.mean()}
+        if j and "seed" not in c.meta:
+            row["text_ci_low"], row["text_ci_high"] = interval(dt_)
+            row["audio_ci_low"], row["audio_ci_high"] = interval(da_)
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    summary: dict[str, Any] = {}
+    for name in masks:
+        j = next(i for i, c in enumerate(conds) if c.name == name)
+        ctrl = [i for i, c in enumerate(conds) if c.meta.get("set") == f"random({name})"]
+        out: dict[str, Any] = {"n_neurons": int(conds[j].meta["n_neurons"])}
+        for key, follow in (("text_following", ft), ("audio_following", fa)):
+            d = follow[j] - follow[0]
+            out[key] = float(d.mean())
+            out[f"{key}_ci"] = list(interval(d))
+            if ctrl:
+                dr = follow[ctrl].mean(0) - follow[0]
+                out[f"random_{key}"] = float(dr.mean())
+                out[f"{key}_minus_random"] = float((d - dr).mean())
+                out[f"{key}_minus_random_ci"] = list(interval(d - dr))
+        summary[name] = out
+    summary["double_dissociation"] = bool(
+        summary["text_sets"]["text_following"] < summary["text_sets"]["audio_following"]
+        and summary["audio_sets"]["audio_following"] < summary["audio_sets"]["text_following"]
+    )
+    return DissociationResult(table=table, summary=summary, predictions=preds)
+
+
 __all__ = [
     "AUDIO_GROUNDED_MIN",
     "TEXT_GROUNDED_MAX",
     "ConflictResult",
+    "DissociationResult",
     "GroundingDataError",
+    "GroundingThresholds",
     "PatchResult",
-    "as_mask",
     "audio_pairs",
+    "calibrated_coefficient",
     "classify_grounding",
     "cluster_of_layers",
     "conflict_analysis",
     "conflict_items",
+    "dissociation",
     "grounded_sets",
     "grounding_coefficient",
+    "known_answer_check",
+    "known_answer_table",
     "layer_clusters",
     "neuron_grounding",
     "pair_rows",
@@ -980,6 +1374,7 @@ __all__ = [
     "set_grounding",
     "split_by_cluster",
     "text_pairs",
+    "total_effect",
     "trace_patched",
     "union_mask",
 ]

@@ -296,6 +296,90 @@ def effect_matrix(
     )
 
 
+# --------------------------------------------------------------------------------------------------- outcomes
+# One function per outcome, so targeted, oracle and label-free steering are scored by the same code and every
+# outcome has its own key: a rate over baseline errors (corrections) is never mixed with a rate over the items
+# eligible to flip toward a target (flip rate).
+
+
+def _outcome_arrays(y_true: Any, y_base: Any, y_int: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    yt = _as_int_array(y_true, "y_true")
+    yb, yi = _as_int_array(y_base, "y_base"), _as_int_array(y_int, "y_int")
+    _check_same_length(y_true=yt, y_base=yb, y_int=yi)
+    return yt, yb, yi
+
+
+def corrections(y_true: Any, y_base: Any, y_int: Any) -> float:
+    """Share of the baseline's errors that the intervention fixes: ``#(ŷ_base ≠ y and ŷ_int = y) / #(ŷ_base ≠ y)``.
+
+    NaN when the baseline makes no error (nothing to correct)."""
+    yt, yb, yi = _outcome_arrays(y_true, y_base, y_int)
+    wrong = yb != yt
+    return float((yi[wrong] == yt[wrong]).mean()) if wrong.any() else math.nan
+
+
+def damage(y_true: Any, y_base: Any, y_int: Any) -> float:
+    """Share of the baseline's correct answers that the intervention breaks: ``#(ŷ_base = y and ŷ_int ≠ y) /
+    #(ŷ_base = y)``. NaN when the baseline gets nothing right."""
+    yt, yb, yi = _outcome_arrays(y_true, y_base, y_int)
+    right = yb == yt
+    return float((yi[right] != yt[right]).mean()) if right.any() else math.nan
+
+
+def delta_uar(y_true: Any, y_base: Any, y_int: Any, n_classes: int | None = None, *,
+              labels: Sequence[str] | None = None) -> float:
+    """``UAR(intervened) − UAR(baseline)``: the change of unweighted average recall."""
+    yt, yb, yi = _outcome_arrays(y_true, y_base, y_int)
+    return uar(yt, yi, n_classes, labels=labels) - uar(yt, yb, n_classes, labels=labels)
+
+
+def flip_eligible(y_true: Any, y_base: Any, target: Any, *, exclude_true_target: bool = True) -> np.ndarray:
+    """Items that can flip toward ``target`` (an index for every item, or one per item as an array): the baseline
+    does not already answer the target and, with ``exclude_true_target``, the item's true label is not the target
+    either (a flip to the true label is a correction, counted by :func:`corrections`). The oracle condition
+    (target = the true label) needs ``exclude_true_target=False``; its flip rate then equals its corrections."""
+    yt, yb = _as_int_array(y_true, "y_true"), _as_int_array(y_base, "y_base")
+    _check_same_length(y_true=yt, y_base=yb)
+    tg = np.broadcast_to(np.asarray(target, dtype=np.int64), yt.shape)
+    elig = yb != tg
+    if exclude_true_target:
+        elig &= yt != tg
+    return elig
+
+
+def flip_rate_to_target(y_true: Any, y_base: Any, y_int: Any, target: Any, *,
+                        exclude_true_target: bool = True) -> float:
+    """Share of the eligible items (:func:`flip_eligible`) whose answer becomes the target after the intervention.
+
+    With one target index and ``exclude_true_target=True`` this is :func:`flip_rate` with
+    ``among="baseline_non_target"``. NaN (no warning) when no item is eligible."""
+    yt, yb, yi = _outcome_arrays(y_true, y_base, y_int)
+    elig = flip_eligible(yt, yb, target, exclude_true_target=exclude_true_target)
+    tg = np.broadcast_to(np.asarray(target, dtype=np.int64), yt.shape)
+    return float((yi[elig] == tg[elig]).mean()) if elig.any() else math.nan
+
+
+#: Keys of :func:`outcomes`, in report order.
+OUTCOME_KEYS: tuple[str, ...] = ("corrections", "damage", "delta_uar", "flip_rate_to_target")
+
+
+def outcomes(y_true: Any, y_base: Any, y_int: Any, labels: Sequence[str], *, target: Any = None,
+             exclude_true_target: bool = True) -> dict[str, float]:
+    """All four outcomes of one intervention (:data:`OUTCOME_KEYS`) plus the counts they are rates over
+    (``n_errors_base``, ``n_correct_base``, ``n_eligible``). ``target`` None (a label-free strategy has no target):
+    ``flip_rate_to_target`` is NaN and ``n_eligible`` 0."""
+    yt, yb, yi = _outcome_arrays(y_true, y_base, y_int)
+    out = {"corrections": corrections(yt, yb, yi), "damage": damage(yt, yb, yi),
+           "delta_uar": delta_uar(yt, yb, yi, labels=labels), "flip_rate_to_target": math.nan}
+    n_elig = 0
+    if target is not None:
+        out["flip_rate_to_target"] = flip_rate_to_target(yt, yb, yi, target, exclude_true_target=exclude_true_target)
+        n_elig = int(flip_eligible(yt, yb, target, exclude_true_target=exclude_true_target).sum())
+    out.update({"n_errors_base": int((yb != yt).sum()), "n_correct_base": int((yb == yt).sum()),
+                "n_eligible": n_elig})
+    return out
+
+
 # --------------------------------------------------------------------------------------------------- bootstrap
 def _resample_chunks(
     rng: np.random.Generator, n: int, n_boot: int, strata: np.ndarray | None, max_elements: int
@@ -449,6 +533,102 @@ def bootstrap_effects(
         parts["gap"].append(se - ce)
         parts["flip_rate"].append(fr)
     return {name: _percentile_interval(np.concatenate(v), ci, name) for name, v in parts.items()}
+
+
+@dataclass(frozen=True)
+class BootstrapSettings:
+    """How bootstrap intervals are drawn (one object passed through an experiment instead of three arguments)."""
+
+    n_boot: int = 1000
+    """Number of resamples; 0 skips the bootstrap (intervals are NaN)."""
+    ci: float = 0.95
+    """Coverage of the percentile interval, strictly between 0 and 1."""
+    seed: int = 0
+    """Seed of the resampling generator; the same seed gives every condition over the same items the same
+    resamples, so their intervals are comparable."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.n_boot, bool) or not isinstance(self.n_boot, int) or self.n_boot < 0:
+            raise ValueError(f"n_boot must be an integer >= 0, got {self.n_boot!r}")
+        if not 0.0 < float(self.ci) < 1.0:
+            raise ValueError(f"ci must lie strictly between 0 and 1, got {self.ci!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+
+
+def _draws_by_target(y_int_by_target: Mapping[Any, Any], k: int, labels: Sequence[str] | None, n: int
+                     ) -> list[tuple[int, np.ndarray]]:
+    out = []
+    for key, y in y_int_by_target.items():
+        arr = np.asarray(y.detach().cpu().numpy() if hasattr(y, "detach") else y)
+        arr = arr.reshape(1, -1) if arr.ndim == 1 else arr
+        if arr.ndim != 2 or arr.shape[1] != n or arr.shape[0] == 0:
+            raise ValueError(f"predictions for target {key!r} must be [n_items] or [n_draws, n_items] with "
+                             f"n_items = {n}, got shape {arr.shape}")
+        draws = np.stack([_as_int_array(row, f"y_int[{key!r}]") for row in arr])
+        out.append((_target_index(key, k, labels), draws))
+    if not out:
+        raise ValueError("need predictions for at least one target")
+    return out
+
+
+def mean_gap(y_true: Any, y_base: Any, y_int_by_target: Mapping[Any, Any], n_classes: int | None = None, *,
+             labels: Sequence[str] | None = None) -> float:
+    """Mean over targets of the gap SE − CE; a target with several draws (``[n_draws, n_items]``, e.g. random
+    controls over seeds) contributes the mean over its draws, so every emotion weighs the same."""
+    k = _n_classes(n_classes, labels)
+    yt, yb = _as_int_array(y_true, "y_true"), _as_int_array(y_base, "y_base")
+    gaps = [np.mean([effects(yt, yb, d, t, k, labels=labels).gap for d in draws])
+            for t, draws in _draws_by_target(y_int_by_target, k, labels, len(yt))]
+    return float(np.mean(gaps))
+
+
+def bootstrap_mean_gap(
+    y_true: Any,
+    y_base: Any,
+    y_int_by_target: Mapping[Any, Any],
+    n_classes: int | None = None,
+    *,
+    labels: Sequence[str] | None = None,
+    n_boot: int = 1000,
+    ci: float = 0.95,
+    seed: int = 0,
+    max_elements: int = MAX_BOOT_ELEMENTS,
+) -> tuple[float, float]:
+    """Joint stratified percentile bootstrap of :func:`mean_gap`.
+
+    Each replicate resamples the items *within each true class* (so no class empties and class sizes stay
+    fixed) and applies the same resample to the baseline and to every target's (and every draw's) predictions,
+    then computes the mean-over-emotions gap. The interval is the percentile interval of these replicate means.
+    This is the interval of the mean gap; averaging per-emotion interval endpoints is not (it ignores that the
+    emotions' errors partly cancel and is too wide, and has no coverage guarantee). With one target it equals
+    :func:`bootstrap_effects`'s ``stratify=True`` gap interval for the same seed.
+    """
+    _check_boot_args(n_boot, ci)
+    k = _n_classes(n_classes, labels)
+    if k < 2:
+        raise ValueError("effects need at least two classes: the cross effect averages over the non-target ones.")
+    yt, yb = _as_int_array(y_true, "y_true"), _as_int_array(y_base, "y_base")
+    _check_same_length(y_true=yt, y_base=yb)
+    _check_true(yt, k)
+    _require_all_classes(np.bincount(yt, minlength=k), labels)
+    targets = _draws_by_target(y_int_by_target, k, labels, len(yt))
+    correct_b = yb == yt
+    rng = np.random.default_rng(seed)
+    reps: list[np.ndarray] = []
+    for idx in _resample_chunks(rng, len(yt), n_boot, yt, max_elements):
+        yt_b = yt[idx]
+        counts, hits_b = _batched_recalls(yt_b, correct_b[idx], k)
+        per_target = []
+        for t, draws in targets:
+            g = np.zeros(idx.shape[0])
+            for d in draws:
+                _, hits_i = _batched_recalls(yt_b, (d == yt)[idx], k)
+                se, ce = _se_ce((hits_i - hits_b) / counts, t)
+                g += se - ce
+            per_target.append(g / len(draws))
+        reps.append(np.mean(per_target, axis=0))
+    return _percentile_interval(np.concatenate(reps), ci, "mean gap")
 
 
 # --------------------------------------------------------------------------------------------------- aggregation

@@ -17,10 +17,15 @@ from __future__ import annotations
 
 import inspect
 import numbers
+import warnings
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
+import numpy as np
 import torch
 
+from helpers.neuron_sets import as_pairs, random_sets, selection_masks, stable_seed
 from helpers.stats import ActivationStats
 
 #: Valid ``method`` names for :func:`select`.
@@ -32,6 +37,41 @@ METHODS: tuple[str, ...] = ("lap", "lape", "mad", "cas", "aape", "random")
 LAPE_DEFAULT_FRACTION = 0.01
 
 Selection = dict[str, torch.Tensor]
+
+
+class SelectionShortfall(UserWarning):
+    """A selector returned fewer neurons than asked for some emotion (the reason is in the message and in
+    :attr:`SelectionReport.shortfall`)."""
+
+
+@dataclass(frozen=True)
+class SelectionReport:
+    """A selection together with what it was asked for and, where it fell short, why.
+
+    Fields:
+
+    * ``method`` — the selector's name.
+    * ``selection`` — ``{label: LongTensor[m, 2]}``, best first (what :func:`select` returns).
+    * ``requested`` — per label, the size the method aimed at (None where the method has no per-emotion size:
+      LAPE keeps ``k`` neurons in all and hands them to the emotions above its bar).
+    * ``sizes`` — per label, how many neurons it got.
+    * ``shortfall`` — per label that got fewer than requested (or none at all), a sentence saying why.
+    * ``details`` — method-specific numbers: LAPE's filter value and bar (and which rule set them), the number of
+      candidates; LAP/MAD/CAS's ties at the cut (``ties``: per label the score at the cut, how many neurons share
+      it, and how many of those were selected); AAPE's pool size and per-class count.
+    """
+
+    method: str
+    selection: Selection
+    requested: dict[str, int | None]
+    sizes: dict[str, int]
+    shortfall: dict[str, str] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def full(self) -> bool:
+        """True when every emotion got its full budget (and, for LAPE, at least one neuron)."""
+        return not self.shortfall
 
 
 # ---------------------------------------------------------------------------------------------- public entry
@@ -48,16 +88,38 @@ def select(
 
     Give exactly one of ``fraction`` (share of all ``L * N`` neurons, per emotion) or ``k`` (count per emotion).
     Exceptions, where the size has a method-specific meaning: ``lape`` (the share kept by entropy; defaults to
-    :data:`LAPE_DEFAULT_FRACTION`), ``aape`` (overrides the per-class count; defaults to ``class_rate``) and
-    ``random`` (sizes may come from ``like=`` instead). ``seed`` only affects ``random``. ``options`` are the
-    method's named thresholds, see ``select_<method>``.
+    :data:`LAPE_DEFAULT_FRACTION`), ``aape`` (with ``budget="own"``, its default without a size, the per-class
+    count comes from ``class_rate``) and ``random`` (sizes may come from ``like=`` instead). ``seed`` affects
+    ``random`` and LAP's ``ties="random"``. ``options`` are the method's named options, see ``select_<method>``.
+
+    Where a method cannot give some emotion its full budget, a :class:`SelectionShortfall` warning says why;
+    :func:`select_report` returns the same selection with the reasons and diagnostics attached.
     """
+    report = select_report(stats, method, fraction=fraction, k=k, seed=seed, **options)
+    if report.shortfall:
+        reasons = "; ".join(f"{lbl}: {why}" for lbl, why in report.shortfall.items())
+        warnings.warn(f"{method} fell short of its budget for {sorted(report.shortfall)} ({reasons})",
+                      SelectionShortfall, stacklevel=2)
+    return report.selection
+
+
+def select_report(
+    stats: ActivationStats,
+    method: str,
+    *,
+    fraction: float | None = None,
+    k: int | None = None,
+    seed: int = 0,
+    **options,
+) -> SelectionReport:
+    """:func:`select` with its diagnostics: a :class:`SelectionReport` (never warns)."""
     if not isinstance(stats, ActivationStats):
         raise TypeError(f"stats must be an ActivationStats, got {type(stats).__name__}")
     if method not in METHODS:
         raise ValueError(f"unknown selection method {method!r}; valid methods: {', '.join(METHODS)}")
     func = _FUNCS[method]
-    allowed = [n for n, p in inspect.signature(func).parameters.items() if p.kind is p.KEYWORD_ONLY and n != "seed"]
+    params = inspect.signature(func).parameters
+    allowed = [n for n, p in params.items() if p.kind is p.KEYWORD_ONLY and n not in ("seed", "report")]
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise ValueError(f"unknown option(s) {unknown} for method {method!r}; valid options: {allowed or 'none'}")
@@ -77,27 +139,72 @@ def select(
             f"{stats.n_layers} x {stats.n_neurons} neurons, per emotion) or k (neurons per emotion)"
         )
     size = None if fraction is None and k is None else _resolve_k(fraction, k, stats.n_layers * stats.n_neurons)
-    if method == "random":
-        return func(stats, size, seed=seed, **options)
-    return func(stats, size, **options)
+    report: dict[str, Any] = {}
+    kw = {"seed": seed} if "seed" in params else {}
+    selection = func(stats, size, report=report, **kw, **options)
+    sizes = {label: int(pairs.shape[0]) for label, pairs in selection.items()}
+    requested = report.pop("requested", dict.fromkeys(selection, size))
+    shortfall = dict(report.pop("shortfall", {}))
+    for label, want in requested.items():
+        if want is not None and sizes[label] < want and label not in shortfall:
+            shortfall[label] = f"got {sizes[label]} of {want} neurons"
+    return SelectionReport(method=method, selection=selection, requested=requested, sizes=sizes,
+                           shortfall=shortfall, details=report)
+
+
+def tie_report(report: SelectionReport) -> dict[str, dict[str, float]]:
+    """Per label: the score at the cut, how many neurons share it (``tied_at_cut``) and how many of those were
+    selected (``tied_selected``). ``tied_at_cut > tied_selected`` means the tie-breaker, not the score, chose
+    which of them are in the set (LAP at saturation: hundreds of neurons tie at p = 1)."""
+    if "ties" not in report.details:
+        raise ValueError(f"method {report.method!r} does not rank by a single score; no tie report")
+    return report.details["ties"]
 
 
 # ---------------------------------------------------------------------------------------------- the methods
-def select_lap(stats: ActivationStats, k: int) -> Selection:
+def select_lap(stats: ActivationStats, k: int, *, ties: Literal["mean", "random"] = "mean", seed: int = 0,
+               report: dict | None = None) -> Selection:
     """LAP (activation probability): per emotion e, the ``k`` neurons with the highest ``p_e``.
 
     Frequency only, no contrast: a neuron that fires for every emotion ranks as high as an emotion-specific
-    one, which is why it serves as the naive baseline. Ties: higher mean activation for e first.
+    one, which is why it serves as the naive baseline.
+
+    ``ties``: how neurons with equal ``p_e`` are ordered, which decides the set whenever more neurons tie at the
+    cut than fit (at the answer position, hundreds of neurons per emotion have ``p = 1``).
+
+    * ``"mean"`` (default, as before): higher mean activation for e first — a magnitude criterion slipped into
+      a frequency selector, so LAP at saturation behaves partly like MAD.
+    * ``"random"``: a seeded random order among equal ``p_e`` (``seed`` mixed with ``"lap-ties"`` and the
+      label), i.e. LAP as a pure frequency criterion.
+
+    The number of neurons tied at the cut is in :func:`select_report`'s ``details["ties"]`` (:func:`tie_report`).
     """
+    if ties not in ("mean", "random"):
+        raise ValueError(f"ties must be 'mean' or 'random', got {ties!r}")
     p, mean = _flat(stats.prob), _flat(stats.mean)
-    return {
-        label: _pairs(_order((p[:, c], True), (mean[:, c], True))[:k], stats.n_neurons)
-        for c, label in enumerate(stats.labels)
-    }
+    out: Selection = {}
+    tie_info: dict[str, dict[str, float]] = {}
+    for c, label in enumerate(stats.labels):
+        if ties == "mean":
+            second = mean[:, c]
+        else:
+            gen = torch.Generator().manual_seed(stable_seed(seed, "lap-ties", label))
+            second = torch.randperm(p.shape[0], generator=gen).double()
+        order = _order((p[:, c], True), (second, True))
+        out[label] = _pairs(order[:k], stats.n_neurons)
+        tie_info[label] = _ties_at_cut(p[:, c], order, k)
+    _fill(report, ties=tie_info)
+    return out
 
 
 def select_lape(
-    stats: ActivationStats, k: int, *, filter_quantile: float = 0.95, bar_quantile: float = 0.95
+    stats: ActivationStats,
+    k: int,
+    *,
+    filter_quantile: float = 0.95,
+    bar_quantile: float = 0.95,
+    bar: Literal["strict", "saturation"] = "strict",
+    report: dict | None = None,
 ) -> Selection:
     """LAPE (activation probability entropy; Tang et al. 2024, RUCAIBox/Language-Specific-Neurons identify.py).
 
@@ -112,26 +219,62 @@ def select_lape(
        whose ``p`` is above it, so emotions can get different counts (or none). Within an emotion: entropy
        ascending, ties by ``p_e`` descending.
 
+    ``bar`` — how the filter value and the bar of steps 2 and 4 are compared:
+
+    * ``"strict"`` (default, the reference): ``p > value``. When more than ``1 - quantile`` of all ``p`` are
+      saturated at their maximum (``p = 1``: at the answer position 17.8 % of them on the organism), the value
+      *is* that maximum, nothing exceeds it, and LAPE keeps nothing.
+    * ``"saturation"``: identical to ``"strict"`` whenever the value lies below the maximum of ``p``; when it
+      equals the maximum, the same quantile is taken over the values *below* the maximum instead, and ``p >``
+      that. Saturated neurons then pass (they exceed every unsaturated value), as the reference intends for its
+      top 5 %, and the rest of the ranking is unchanged. We chose this over ``p >= value`` because ``>=`` at a
+      bar of 1 keeps only the saturated neurons — the ones that fire on every token of some emotion, mostly
+      of every emotion — and makes the bar meaningless.
+
+    Which rule set each value is in the report's ``details`` (``filter_value``, ``bar_value``, ``filter_rule``,
+    ``bar_rule``, ``n_candidates``); an emotion with no neuron above the bar is reported with the reason.
+
     Deviation from the reference: its ``topk`` over entropies (dropped neurons set to +inf) picks dropped
     neurons when fewer than ``k`` survive; we never select a dropped neuron, so we may return fewer.
     """
+    if bar not in ("strict", "saturation"):
+        raise ValueError(f"bar must be 'strict' or 'saturation', got {bar!r}")
     p = _flat(stats.prob)
     n_classes = p.shape[1]
-    filter_value = _kth_smallest(p.flatten(), filter_quantile, "filter_quantile")
-    bar = _kth_smallest(p.flatten(), bar_quantile, "bar_quantile")
+    filter_value, filter_rule = _lape_value(p.flatten(), filter_quantile, "filter_quantile", bar)
+    bar_value, bar_rule = _lape_value(p.flatten(), bar_quantile, "bar_quantile", bar)
     ent = _flat(entropy(stats.prob)[..., None])[:, 0]
     candidates = (p > filter_value).any(dim=1).nonzero().squeeze(1)
     order = _order((ent[candidates], False), (p[candidates].max(dim=1).values, True))
     kept = candidates[order[:k]]
     out: Selection = {}
+    shortfall: dict[str, str] = {}
     for c in range(n_classes):
-        members = kept[p[kept, c] > bar]
+        members = kept[p[kept, c] > bar_value]
         members = members[_order((ent[members], False), (p[members, c], True))]
-        out[stats.labels[c]] = _pairs(members, stats.n_neurons)
+        label = stats.labels[c]
+        out[label] = _pairs(members, stats.n_neurons)
+        if members.numel() == 0:
+            if candidates.numel() == 0:
+                why = (f"no neuron's p exceeds the filter value {filter_value:.4g} ({filter_rule}); "
+                       + ("p is saturated at its maximum, use bar='saturation'" if filter_rule == "strict, saturated"
+                          else "lower filter_quantile"))
+            else:
+                why = (f"none of the {kept.numel()} kept neurons has p_{label} above the bar {bar_value:.4g} "
+                       f"({bar_rule})" + ("; p is saturated at its maximum, use bar='saturation'"
+                                          if bar_rule == "strict, saturated" else ""))
+            shortfall[label] = why
+    if 0 < candidates.numel() < k:
+        for label in stats.labels:
+            shortfall.setdefault(label, f"only {candidates.numel()} neurons clear the filter, fewer than the {k} "
+                                        "to keep (LAPE never selects a dropped neuron)")
+    _fill(report, requested=dict.fromkeys(stats.labels), shortfall=shortfall, filter_value=filter_value,
+          bar_value=bar_value, filter_rule=filter_rule, bar_rule=bar_rule, n_candidates=int(candidates.numel()),
+          n_kept=int(kept.numel()), k=k)
     return out
 
 
-def select_mad(stats: ActivationStats, k: int) -> Selection:
+def select_mad(stats: ActivationStats, k: int, *, report: dict | None = None) -> Selection:
     """MAD (mean activation difference): ``score_e = mean_e - mean_{c != e} mean_c``; top ``k`` per emotion.
 
     ``mean_c`` is the mean activation (``total / tokens``) over class c's counted tokens. Magnitude-based:
@@ -142,28 +285,50 @@ def select_mad(stats: ActivationStats, k: int) -> Selection:
     n_classes = mean.shape[1]
     others = (mean.sum(dim=1, keepdim=True) - mean) / (n_classes - 1)
     score = mean - others
-    return {
-        label: _pairs(_order((score[:, c], True), (p[:, c], True))[:k], stats.n_neurons)
-        for c, label in enumerate(stats.labels)
-    }
+    out: Selection = {}
+    tie_info = {}
+    for c, label in enumerate(stats.labels):
+        order = _order((score[:, c], True), (p[:, c], True))
+        out[label] = _pairs(order[:k], stats.n_neurons)
+        tie_info[label] = _ties_at_cut(score[:, c], order, k)
+    _fill(report, ties=tie_info)
+    return out
 
 
-def select_cas(stats: ActivationStats, k: int, *, min_margin: float = 0.0) -> Selection:
-    """CAS (contrastive activation selectivity): each neuron belongs only to its top emotion by ``p``.
+def select_cas(stats: ActivationStats, k: int, *, min_margin: float = 0.0, on: Literal["prob", "mean"] = "prob",
+               report: dict | None = None) -> Selection:
+    """CAS (contrastive activation selectivity): each neuron belongs only to its top emotion.
 
-    ``score = p_top - p_second``. Per emotion e, among the neurons whose top emotion is e, the ``k`` with the
-    highest score (fewer if fewer neurons prefer e). ``min_margin``: a neuron needs ``score > min_margin`` to
+    ``on`` — what the contrast is computed on:
+
+    * ``"prob"`` (default, the paper's): ``score = p_top - p_second`` over the activation probabilities.
+      Picks selective neurons, however weakly they fire.
+    * ``"mean"``: the same on mean activations (``mean_top - mean_second``): a neuron that fires equally often
+      for every emotion but more strongly for one (invisible to ``"prob"``) now counts.
+
+    Per emotion e, among the neurons whose top emotion is e, the ``k`` with the highest score (fewer if fewer
+    neurons prefer e; the report says how many did). ``min_margin``: a neuron needs ``score > min_margin`` to
     count at all; the default 0 drops exact ties, which prefer no emotion. Ties in score: higher ``p_e`` first.
     """
+    if on not in ("prob", "mean"):
+        raise ValueError(f"on must be 'prob' or 'mean', got {on!r}")
     p = _flat(stats.prob)
-    top2 = p.topk(2, dim=1).values
+    x = p if on == "prob" else _flat(stats.mean)
+    top2 = x.topk(2, dim=1).values
     margin = top2[:, 0] - top2[:, 1]
-    top = p.argmax(dim=1)
+    top = x.argmax(dim=1)
     out: Selection = {}
+    shortfall: dict[str, str] = {}
+    tie_info = {}
     for c, label in enumerate(stats.labels):
         members = ((top == c) & (margin > min_margin)).nonzero().squeeze(1)
-        members = members[_order((margin[members], True), (p[members, c], True))[:k]]
-        out[label] = _pairs(members, stats.n_neurons)
+        order = _order((margin[members], True), (p[members, c], True))
+        out[label] = _pairs(members[order[:k]], stats.n_neurons)
+        tie_info[label] = _ties_at_cut(margin[members], order, k)
+        if members.numel() < k:
+            shortfall[label] = (f"only {members.numel()} neurons have {label!r} as their top emotion by {on} with a "
+                                f"margin > {min_margin:g}")
+    _fill(report, shortfall=shortfall, ties=tie_info)
     return out
 
 
@@ -174,6 +339,8 @@ def select_aape(
     drop_rate: float = 0.05,
     entropy_rate: float = 0.05,
     class_rate: float = 0.05,
+    budget: Literal["own", "fraction"] | None = None,
+    report: dict | None = None,
 ) -> Selection:
     """AAPE (audio activation probability entropy; Kawamura, Niizumi, Ono 2026, "What Do Neurons Listen To?").
 
@@ -184,16 +351,29 @@ def select_aape(
     2. ``entropy_rate``: of the survivors, the ``max(1, round(entropy_rate * L * N))`` neurons with the lowest
        entropy of the normalised ``p`` (as in LAPE) are kept; the rate is a share of *all* neurons, like LAPE's
        fraction, so it does not move when ``drop_rate`` changes. Ties: higher ``max_c p`` first.
-    3. ``class_rate``: per class, the top ``max(1, round(class_rate * n_kept))`` kept neurons by ``p_e``
-       (ties: lower entropy first). A ``fraction``/``k`` given to :func:`select` overrides this count.
+    3. Per class, the top kept neurons by ``p_e`` (ties: lower entropy first); how many is the ``budget``:
 
-    Defaults: 5 % for all three, so the default per-class set is ~0.25 % of all neurons, the same order as the
-    0.5 % used for the other selectors; the drop and entropy rates follow the paper's recipe of removing the
-    least active neurons before ranking by entropy.
+       * ``"own"`` (the paper's recipe; the default when :func:`select` gets no size):
+         ``max(1, round(class_rate * n_kept))`` per class. On a small model this is a handful of neurons
+         (8 on the organism against 154 for the other selectors), so its gap is not comparable with theirs.
+       * ``"fraction"`` (the default when :func:`select` gets ``fraction`` or ``k``): the same per-emotion count
+         as the other selectors, for comparisons at equal budgets. The entropy pool of step 2 is enlarged to at
+         least that count if it is smaller (``details["pool_enlarged"]``).
+
+    Defaults: 5 % for all three rates, so the own per-class set is ~0.25 % of all neurons.
     """
     _check_rate(drop_rate, "drop_rate", allow_zero=True)
     _check_rate(entropy_rate, "entropy_rate")
     _check_rate(class_rate, "class_rate")
+    if budget is None:
+        budget = "own" if k is None else "fraction"
+    if budget not in ("own", "fraction"):
+        raise ValueError(f"budget must be 'own' or 'fraction', got {budget!r}")
+    if budget == "own" and k is not None:
+        raise ValueError("budget='own' takes AAPE's per-class count from class_rate; do not also give fraction or "
+                         "k (or use budget='fraction' to give AAPE the same budget as the other selectors)")
+    if budget == "fraction" and k is None:
+        raise ValueError("budget='fraction' needs a size: give fraction or k to select()")
     p = _flat(stats.prob)
     n_total = p.shape[0]
     overall = _flat(stats.active.sum(dim=-1, keepdim=True))[:, 0] / stats.tokens.sum()
@@ -204,39 +384,58 @@ def select_aape(
     ent = _flat(entropy(stats.prob)[..., None])[:, 0]
     candidates = alive.nonzero().squeeze(1)
     order = _order((ent[candidates], False), (p[candidates].max(dim=1).values, True))
-    kept = candidates[order[: max(1, round(entropy_rate * n_total))]]
-    per_class = k if k is not None else max(1, round(class_rate * kept.numel()))
-    return {
+    pool = max(1, round(entropy_rate * n_total))
+    enlarged = budget == "fraction" and k is not None and k > pool
+    if enlarged:
+        pool = int(k)
+    kept = candidates[order[:pool]]
+    per_class = int(k) if budget == "fraction" else max(1, round(class_rate * kept.numel()))
+    out = {
         label: _pairs(kept[_order((p[kept, c], True), (ent[kept], False))[:per_class]], stats.n_neurons)
         for c, label in enumerate(stats.labels)
     }
+    shortfall = {}
+    if kept.numel() < per_class:
+        shortfall = dict.fromkeys(stats.labels, f"only {kept.numel()} neurons survive the drop step "
+                                                f"(drop_rate={drop_rate:g}), fewer than {per_class} per class")
+    _fill(report, requested=dict.fromkeys(stats.labels, per_class), shortfall=shortfall, budget=budget,
+          n_kept=int(kept.numel()), pool_enlarged=enlarged, per_class=per_class)
+    return out
 
 
 def select_random(
-    stats: ActivationStats, k: int | None = None, *, like: Mapping[str, torch.Tensor] | None = None, seed: int = 0
+    stats: ActivationStats,
+    k: int | None = None,
+    *,
+    like: Mapping[str, Any] | None = None,
+    match_layers: bool = False,
+    salt: str = "random",
+    seed: int = 0,
+    report: dict | None = None,
 ) -> Selection:
-    """Random baseline: per label, neurons drawn uniformly from all ``L * N`` without replacement.
+    """Random baseline: per label, neurons drawn without replacement by :func:`helpers.neuron_sets.random_sets`.
 
     Sizes come from ``like`` (a selection whose per-label sizes are copied, so the baseline matches e.g. a
-    LAPE selection emotion by emotion) or from ``k``. Deterministic: one ``torch.Generator`` seeded with
-    ``seed`` draws the labels in order.
+    LAPE selection emotion by emotion; with ``match_layers`` also its count per layer) or from ``k``.
+    Deterministic in ``(seed, salt, label)``: give each compared selector its own ``salt`` (e.g. its name) so
+    that their random controls are independent draws.
     """
     n_total = stats.n_layers * stats.n_neurons
     if like is not None:
         if set(like) != set(stats.labels):
             raise ValueError(f"like has labels {sorted(like)} but the stats have {sorted(stats.labels)}")
-        sizes = {label: int(torch.as_tensor(like[label]).reshape(-1, 2).shape[0]) for label in stats.labels}
+        reference: dict[str, Any] = {label: like[label] for label in stats.labels}
     elif k is not None:
-        sizes = dict.fromkeys(stats.labels, int(k))
+        if match_layers:
+            raise ValueError("match_layers needs like=<selection> (a layer profile to match)")
+        if k > n_total:
+            raise ValueError(f"cannot draw {k} neurons without replacement from {n_total}")
+        reference = dict.fromkeys(stats.labels, int(k))
     else:
         raise ValueError("method 'random' needs like=<selection> or one of fraction / k")
-    too_big = {label: m for label, m in sizes.items() if m > n_total}
-    if too_big:
-        raise ValueError(f"cannot draw {too_big} neurons without replacement from {n_total}")
-    gen = torch.Generator().manual_seed(int(seed))
-    return {
-        label: _pairs(torch.randperm(n_total, generator=gen)[: sizes[label]], stats.n_neurons) for label in stats.labels
-    }
+    out = random_sets(reference, (stats.n_layers, stats.n_neurons), seed=seed, salt=salt, match_layers=match_layers)
+    _fill(report, requested={label: int(v.shape[0]) for label, v in out.items()})
+    return out
 
 
 _FUNCS: dict[str, Callable[..., Selection]] = {
@@ -262,12 +461,9 @@ def entropy(prob: torch.Tensor) -> torch.Tensor:
 
 
 def to_mask(selection: Mapping[str, torch.Tensor], n_layers: int, n_neurons: int) -> torch.Tensor:
-    """Selection as a bool mask ``[C, L, N]`` (C in the selection's label order), e.g. for hooks or plots."""
-    mask = torch.zeros(len(selection), n_layers, n_neurons, dtype=torch.bool)
-    for c, (label, pairs) in enumerate(selection.items()):
-        pairs = _check_pairs(pairs, label, n_layers, n_neurons)
-        mask[c, pairs[:, 0], pairs[:, 1]] = True
-    return mask
+    """Selection as a bool mask ``[C, L, N]`` (C in the selection's label order): an alias of
+    :func:`helpers.neuron_sets.selection_masks`, kept for existing callers."""
+    return selection_masks(selection, n_layers, n_neurons)
 
 
 def layer_counts(selection: Mapping[str, torch.Tensor], n_layers: int) -> dict[str, list[int]]:
@@ -323,6 +519,35 @@ def _kth_smallest(values: torch.Tensor, quantile: float, name: str) -> float:
     return torch.kthvalue(values, kk).values.item()
 
 
+def _lape_value(values: torch.Tensor, quantile: float, name: str, bar: str) -> tuple[float, str]:
+    """LAPE's filter value / bar and the rule that set it (see :func:`select_lape`'s ``bar``)."""
+    value = _kth_smallest(values, quantile, name)
+    top = float(values.max())
+    if value < top:
+        return value, "strict"
+    if bar == "strict":
+        return value, "strict, saturated"
+    below = values[values < top]
+    if below.numel() == 0:
+        return value, "saturation: every value is the maximum"
+    return _kth_smallest(below, quantile, name), "saturation: quantile of the values below the maximum"
+
+
+def _ties_at_cut(score: torch.Tensor, order: torch.Tensor, k: int) -> dict[str, float]:
+    """How many neurons share the score of the last selected one, and how many of those made it in."""
+    n = int(order.numel())
+    if n == 0 or k <= 0:
+        return {"cut_value": float("nan"), "tied_at_cut": 0, "tied_selected": 0}
+    cut = score[order[min(k, n) - 1]]
+    tied = score == cut
+    return {"cut_value": float(cut), "tied_at_cut": int(tied.sum()), "tied_selected": int(tied[order[:k]].sum())}
+
+
+def _fill(report: dict | None, **values: Any) -> None:
+    if report is not None:
+        report.update(values)
+
+
 def _check_rate(value: float, name: str, *, allow_zero: bool = False) -> None:
     ok = isinstance(value, numbers.Real) and (value >= 0 if allow_zero else value > 0) and value <= 1
     if not ok:
@@ -353,9 +578,8 @@ def _check_classes(stats: ActivationStats, method: str) -> None:
 
 
 def _check_pairs(pairs: torch.Tensor, label: str, n_layers: int, n_neurons: int | None) -> torch.Tensor:
-    pairs = torch.as_tensor(pairs).long().reshape(-1, 2)
-    if pairs.numel() and (int(pairs[:, 0].min()) < 0 or int(pairs[:, 0].max()) >= n_layers):
-        raise ValueError(f"selection {label!r} has layer indices outside [0, {n_layers})")
-    if n_neurons is not None and pairs.numel() and (int(pairs[:, 1].min()) < 0 or int(pairs[:, 1].max()) >= n_neurons):
-        raise ValueError(f"selection {label!r} has neuron indices outside [0, {n_neurons})")
-    return pairs
+    """:func:`helpers.neuron_sets.as_pairs`; without ``n_neurons`` only the layer range is checked."""
+    if n_neurons is None:
+        t = torch.as_tensor(np.array(pairs)) if not isinstance(pairs, torch.Tensor) else pairs
+        n_neurons = int(t.reshape(-1, 2)[:, 1].max()) + 1 if t.numel() else 1
+    return as_pairs(pairs, n_layers, n_neurons, what=f"selection {label!r}")

@@ -34,6 +34,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from .config import SUBJECT_KEYS as _CONFIG_SUBJECT_KEYS
 from .io import ConfigError
 from .models import (
     ADAPTERS,
@@ -48,6 +49,7 @@ from .models import (
     resolve_source,
     score,
 )
+from .subject import Batch, last_position_logits
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +64,8 @@ __all__ = [
     "answer_strings",
     "audio_token_ids",
     "candidate_matrix",
+    "check_datasets",
+    "check_model_source",
     "config_params",
     "dataset_spec",
     "filter_labels",
@@ -70,6 +74,7 @@ __all__ = [
     "load_items",
     "load_subject",
     "position_masks_from",
+    "remote_code_files",
     "special_token_ids",
     "template_lengths",
 ]
@@ -145,18 +150,6 @@ def candidate_matrix(prompts: Sequence[ItemPrompt], answer_ids: Mapping[str, int
     if missing:
         raise KeyError(f"no token id for answer(s) {missing}")
     return torch.tensor([[int(answer_ids[a]) for a in p.answers] for p in prompts], dtype=torch.long)
-
-
-def _rows_like(t: torch.Tensor, n_rows: int, what: str) -> torch.Tensor:
-    """``t`` with ``n_rows`` rows: as is, or tiled like :func:`helpers.hooks.tile_inputs` (whole batch repeated)."""
-    if t.shape[0] == n_rows:
-        return t
-    if t.shape[0] and n_rows % t.shape[0] == 0:
-        return t.repeat(n_rows // t.shape[0], *([1] * (t.ndim - 1)))
-    raise ValueError(
-        f"{what}: got {n_rows} rows but the last batch_inputs() call prepared {t.shape[0]}; call batch_inputs for "
-        "these rows first (label_logits/position_masks read the per-batch answer tokens and attention mask)"
-    )
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -261,20 +254,13 @@ def template_lengths(adapter: Adapter, tokenizer: Any, audio_token: str | None) 
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class _Batch:
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor | None
-    candidates: torch.Tensor  # [B, n_labels]
-
-
 @dataclass(eq=False)
 class AdapterSubject:
     """A real LALM behind the :class:`~helpers.subject.Subject` protocol, via its family adapter and processor.
 
-    ``batch_inputs`` remembers the batch's answer tokens (per row, since letters are shuffled per item) and
-    attention mask; ``label_logits`` and ``position_masks`` use them for the *same* rows (or the same rows tiled
-    with :func:`helpers.hooks.tile_inputs`). ``inputs_fn`` replaces the processor path entirely (tests, or models
+    ``batch_inputs`` returns a self-contained :class:`~helpers.subject.Batch`: the model inputs, each row's answer
+    tokens (per row, since letters are shuffled per item) and the position masks, so ``label_logits(batch, ...)``
+    can never read another batch's letters. ``inputs_fn`` replaces the processor path entirely (tests, or models
     such as Kimi-Audio whose inputs come from their own toolkit).
     """
 
@@ -297,7 +283,6 @@ class AdapterSubject:
     text_span: tuple[int, int] | None = None
     pad_token_id: int | None = None
     card: dict[str, Any] = field(default_factory=dict)
-    _batch: _Batch | None = field(default=None, init=False, repr=False)
     _answer_ids: dict[str, int] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -374,8 +359,8 @@ class AdapterSubject:
         )
         return inputs, candidate_matrix(prompts, self.answer_ids())
 
-    def batch_inputs(self, rows: pd.DataFrame) -> dict[str, torch.Tensor]:
-        """Model inputs for ``rows`` on the model's device (floating tensors in the model's dtype)."""
+    def batch_inputs(self, rows: pd.DataFrame) -> Batch:
+        """A self-contained batch for ``rows`` on the model's device (floating tensors in the model's dtype)."""
         inputs, cand = (self.inputs_fn or self.processor_inputs)(rows)
         inputs = self._to_model(inputs)
         ids = inputs.get("input_ids")
@@ -389,51 +374,29 @@ class AdapterSubject:
                 f"candidate ids have shape {tuple(cand.shape)}, expected [{ids.shape[0]}, "
                 f"{len(self.labels)}] (one answer token per row and label)"
             )
-        self._batch = _Batch(ids, inputs.get("attention_mask"), cand.to(ids.device))
-        return inputs
+        mask = inputs.get("attention_mask")
+        if not isinstance(mask, torch.Tensor) and self.pad_token_id is not None:
+            mask = ids != int(self.pad_token_id)
+        after, suffix = self.text_span or (0, 0)
+        masks = position_masks_from(
+            ids, mask, audio_ids=self.audio_ids or (), special_ids=self.special_ids or (), after_audio=after,
+            suffix=suffix,
+        )
+        return Batch(inputs=inputs, candidates=cand.to(ids.device), masks=masks)
 
-    def label_logits(self, logits: torch.Tensor) -> torch.Tensor:
+    def label_logits(self, batch: Batch, logits: torch.Tensor) -> torch.Tensor:
         """``[B, n_labels]`` log-probabilities of each label's answer token, in label order (un-shuffled).
 
         ``logits`` is the answer position's ``[B, V]`` or the full ``[B, T, V]`` (read at the last attended position).
         """
-        if self._batch is None:
-            raise RuntimeError("label_logits needs the answer tokens of the batch: call batch_inputs(rows) first")
-        if logits.ndim == 3:
-            mask = self._batch.attention_mask
-            if mask is not None and mask.shape[1] == logits.shape[1]:
-                m = _rows_like(mask, logits.shape[0], "label_logits").bool().to(logits.device)
-                idx = logits.shape[1] - 1 - m.flip(-1).int().argmax(-1)
-                logits = logits[torch.arange(logits.shape[0], device=logits.device), idx]
-            else:
-                logits = logits[:, -1]
-        if logits.ndim != 2:
-            raise ValueError(f"logits must be [B, V] or [B, T, V], got shape {tuple(logits.shape)}")
-        cand = _rows_like(self._batch.candidates, logits.shape[0], "label_logits").to(logits.device)
-        return score(logits, cand)
+        last = last_position_logits(logits, batch)
+        if len(batch) != last.shape[0]:
+            raise ValueError(f"logits have {last.shape[0]} rows but the batch has {len(batch)} (tile the batch)")
+        return score(last, batch.candidates.to(last.device))
 
-    def position_masks(self, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+    def position_masks(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Bool ``[B, T]`` masks ``all``/``audio``/``text``/``last`` (see :func:`position_masks_from`)."""
-        mask = None
-        b = self._batch
-        if b is not None and b.attention_mask is not None and b.input_ids.shape[1] == input_ids.shape[1]:
-            try:
-                ids = _rows_like(b.input_ids, input_ids.shape[0], "position_masks").to(input_ids.device)
-            except ValueError:
-                ids = None
-            if ids is not None and torch.equal(ids, input_ids):
-                mask = _rows_like(b.attention_mask, input_ids.shape[0], "position_masks")
-        if mask is None and self.pad_token_id is not None:
-            mask = input_ids != int(self.pad_token_id)
-        after, suffix = self.text_span or (0, 0)
-        return position_masks_from(
-            input_ids,
-            mask,
-            audio_ids=self.audio_ids or (),
-            special_ids=self.special_ids or (),
-            after_audio=after,
-            suffix=suffix,
-        )
+        return batch.masks
 
     # ---- helpers -----------------------------------------------------------------------------------------------
     def _to_model(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
@@ -465,11 +428,8 @@ def known_models() -> list[str]:
     return sorted({"organism", *ADAPTERS})
 
 
-#: Every config key :func:`load_subject` and :func:`load_items` read.
-SUBJECT_KEYS: tuple[str, ...] = (
-    "model", "model_path", "labels", "dtype", "device", "device_map", "trust_remote_code", "allow_hub",
-    "prompt_style", "question", "system_prompt", "context_format", "seed", "datasets", "dataset",
-)  # fmt: skip
+#: Every config key :func:`load_subject` and :func:`load_items` read (defined with their types in helpers.config).
+SUBJECT_KEYS: tuple[str, ...] = _CONFIG_SUBJECT_KEYS
 
 
 def config_params(namespace: Mapping[str, Any]) -> dict[str, Any]:
@@ -493,6 +453,79 @@ def _require(params: Mapping[str, Any], key: str) -> Any:
     return params[key]
 
 
+def _flag(params: Mapping[str, Any], key: str) -> bool:
+    """A boolean config key, strictly: only ``true`` / ``false`` (the *string* ``"false"`` is refused, not truthy)."""
+    value = params.get(key)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise ConfigError(
+            f"config key `{key}` must be true or false, written without quotes, got {value!r} "
+            f"({type(value).__name__}); e.g. `{key}: false`"
+        )
+    return value
+
+
+#: Checkpoint files whose ``auto_map`` points transformers at Python code shipped with the weights.
+_CODE_MAPS = ("config.json", "processor_config.json", "preprocessor_config.json", "tokenizer_config.json",
+              "feature_extractor_config.json", "video_preprocessor_config.json")  # fmt: skip
+
+
+def remote_code_files(source: str, is_local: bool) -> list[str]:
+    """Files of a checkpoint that make transformers import its own Python: ``auto_map`` entries (and then the
+    folder's ``*.py``, which they import).
+
+    Read as JSON / listed only, before any processor, tokenizer or config class is built.
+    """
+    import json
+
+    found: list[str] = []
+    for name in _CODE_MAPS:
+        if is_local:
+            path: str | None = str(Path(source) / name)
+        else:
+            from huggingface_hub import try_to_load_from_cache
+
+            got = try_to_load_from_cache(source, name)
+            path = got if isinstance(got, str) else None
+        if not path or not os.path.isfile(path):
+            continue
+        try:
+            with open(path, encoding="utf-8") as fh:
+                data = json.load(fh)
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and data.get("auto_map"):
+            found.append(f"{name} (auto_map)")
+    if found and is_local and Path(source).is_dir():  # the code those maps import, for the user to read
+        found += sorted(p.name for p in Path(source).glob("*.py"))
+    return found
+
+
+def check_model_source(params: Mapping[str, Any]) -> None:
+    """The checks of :func:`load_subject` that need no weights: the model family, the path or cached hub id, the
+    booleans, and remote code only with ``trust_remote_code: true``. Nothing is imported from the checkpoint."""
+    name = str(_require(params, "model")).lower()
+    model_path = str(_require(params, "model_path"))
+    if name == "organism":
+        return
+    if name not in ADAPTERS:
+        raise UnknownAdapterError(f"unknown model {params['model']!r} (config key `model`); known: {known_models()}")
+    adapter = ADAPTERS[name]
+    allow_hub = _flag(params, "allow_hub")
+    trust = _flag(params, "trust_remote_code")
+    source, is_local = resolve_source(model_path, allow_hub=allow_hub)  # raises ModelNotAvailableError at once
+    if trust:
+        return
+    code = remote_code_files(source, is_local) if (is_local or not allow_hub) else []
+    if adapter.requires_remote_code or code:
+        what = f" ({', '.join(code)})" if code else ""
+        raise RemoteCodeNotAllowedError(
+            f"{model_path!r} ({adapter.name}) runs Python code shipped with the checkpoint{what}; read it, then set "
+            "`trust_remote_code: true` in the config to opt in"
+        )
+
+
 def load_subject(params: Mapping[str, Any], *, inputs_fn: InputsFn | None = None) -> Any:
     """The subject a run's config describes: the organism, or a real LALM through its adapter.
 
@@ -511,20 +544,15 @@ def load_subject(params: Mapping[str, Any], *, inputs_fn: InputsFn | None = None
     if name not in ADAPTERS:
         raise UnknownAdapterError(f"unknown model {params['model']!r} (config key `model`); known: {known_models()}")
     adapter = ADAPTERS[name]
-    allow_hub = bool(params.get("allow_hub", False))
-    trust = bool(params.get("trust_remote_code", False))
+    allow_hub = _flag(params, "allow_hub")
+    trust = _flag(params, "trust_remote_code")  # strict: the string "false" is an error, never truthy
     style = _check_style(str(params.get("prompt_style") or "multiple_choice"))
     labels = tuple(_require(params, "labels"))
     dtype = _dtype(params.get("dtype", "auto"))
     device = params.get("device")
     device_map = params.get("device_map")
 
-    resolve_source(model_path, allow_hub=allow_hub)  # raises ModelNotAvailableError at once
-    if adapter.requires_remote_code and not trust:
-        raise RemoteCodeNotAllowedError(
-            f"{model_path!r} ({adapter.name}) runs Python code shipped with the checkpoint; read it, then set "
-            "`trust_remote_code: true` in the config to opt in"
-        )
+    check_model_source(params)  # path / cache, then remote code, before any processor, tokenizer or config loads
     if inputs_fn is None and adapter.audio_placeholder is None and not adapter.uses_conversation:
         raise NotImplementedError(
             f"the {adapter.name!r} adapter cannot build audio prompts with a transformers processor (Kimi-Audio "
@@ -646,6 +674,52 @@ def filter_labels(df: pd.DataFrame, labels: Sequence[str], what: str = "dataset"
     return df
 
 
+def check_datasets(params: Mapping[str, Any]) -> None:
+    """The dataset checks that need no model and no audio decoding, run before a stage loads its model.
+
+    Every ``datasets`` entry must resolve to a loader and an existing folder (or a set environment variable, or a
+    hub id); a synthetic corpus must have its ``metadata.csv`` with the schema's columns and an item of every
+    configured label; a real corpus must be laid out as its loader expects, its metadata files must have the label
+    columns, and its label map must be able to produce every configured label.
+    """
+    from .schema import REQUIRED_COLUMNS, SchemaError
+    from .speech_datasets import check_source
+
+    datasets = params.get("datasets") or {}
+    if not isinstance(datasets, Mapping) or not datasets:
+        raise ConfigError("config lacks `datasets: {name: folder or {loader:, root:}}`")
+    labels = [str(x) for x in _require(params, "labels")]
+    for name, entry in datasets.items():
+        spec = dataset_spec(str(name), entry)
+        where = f"datasets.{name}"
+        if spec.loader != "corpus":
+            check_source(spec.loader, root=spec.root, hub_id=spec.hub_id, labels=labels, where=where, **spec.options)
+            continue
+        meta = Path(str(spec.root)) / "metadata.csv"
+        if not meta.is_file():
+            raise SchemaError(
+                f"{where}: no corpus at {spec.root} (missing metadata.csv); generate it with `make corpus` or point "
+                f"`{where}` at a corpus folder"
+            )
+        try:
+            head = pd.read_csv(meta, nrows=0).columns
+            missing = [c for c in REQUIRED_COLUMNS if c not in head]
+            present = set() if missing else set(pd.read_csv(meta, usecols=["label"], dtype=str)["label"])
+        except (ValueError, OSError, pd.errors.ParserError) as exc:
+            raise SchemaError(f"{where}: cannot read {meta} ({exc}); regenerate the corpus (`make corpus`)") from None
+        if missing:
+            raise SchemaError(
+                f"{where}: {meta} lacks the column(s) {missing}; every dataset needs {list(REQUIRED_COLUMNS)} "
+                "(regenerate it with `make corpus` or fix the table)"
+            )
+        absent = [lbl for lbl in labels if lbl not in present]
+        if absent:
+            raise SchemaError(
+                f"{where}: configured label(s) {absent} have no items in {meta} (labels present: {sorted(present)}); "
+                "fix `labels` in the config or the dataset"
+            )
+
+
 def load_items(
     params: Mapping[str, Any], name: str | None = None, *, split: str | None = None, **kwargs: Any
 ) -> pd.DataFrame:
@@ -673,9 +747,7 @@ def load_items(
         # `context` selects a synthetic corpus's text-context rows; a real dataset has one row per clip
         kwargs = {k: v for k, v in kwargs.items() if k != "context"}
         opts = {"labels": labels, "seed": int(params.get("seed", 0) or 0), **spec.options, **kwargs}
-        df = load_dataset(
-            spec.loader, root=spec.root, hub_id=spec.hub_id, allow_hub=bool(params.get("allow_hub", False)), **opts
-        )
+        df = load_dataset(spec.loader, root=spec.root, hub_id=spec.hub_id, allow_hub=_flag(params, "allow_hub"), **opts)
     df = filter_labels(df, labels, f"{name} ({spec.loader})")
     if split is not None:
         splits = sorted(set(df["split"]))
