@@ -20,11 +20,11 @@ def test_streamed_stats_equal_full_activation_stats(organism, identify_items, po
     df = identify_items
     res = activation_log.log_activations(organism, df, positions=positions, batch_size=7, progress=False)
     # reference: keep every layer's raw activations (plain torch hooks, not nnsight) and reduce them at once
-    inputs = evaluation.batch_inputs(organism, df)
-    logits, gates = hook_gates(organism.model, inputs)
-    pred = organism.label_logits(logits).argmax(-1)
+    batch = organism.batch_inputs(df)
+    logits, gates = hook_gates(organism.model, batch.inputs)
+    pred = organism.label_logits(batch, logits).argmax(-1)
     y = torch.from_numpy(evaluation.label_indices(df.label, organism.labels))
-    mask = organism.position_masks(inputs["input_ids"])[positions] & (pred == y)[:, None]
+    mask = organism.position_masks(batch)[positions] & (pred == y)[:, None]
     ref = StatsAccumulator(len(gates), gates[0].shape[-1], list(organism.labels))
     ref.update(gates, mask, y)
     ref = ref.result()

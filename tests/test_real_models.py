@@ -126,7 +126,8 @@ def test_log_select_deactivate_on_tiny_architecture(tiny, family):
     target = "angry"
     neuron_mask = to_mask(sel, N_LAYERS, INTERMEDIATE)[LABELS.index(target)]  # [L, N]
     rows = df.head(4)
-    inputs = subj.batch_inputs(rows)
+    batch = subj.batch_inputs(rows)
+    inputs = batch.inputs
     with torch.no_grad():
         base = model(**inputs).logits
     seen: list[torch.Tensor] = []
@@ -143,7 +144,7 @@ def test_log_select_deactivate_on_tiny_architecture(tiny, family):
         others = (~neuron_mask[layer]).nonzero().flatten()
         assert (gate[..., others] != 0).any()
     assert edited.shape == base.shape and not torch.allclose(edited, base)
-    scores = subj.label_logits(edited)
+    scores = subj.label_logits(batch, edited)
     assert scores.shape == (4, len(LABELS)) and torch.isfinite(scores).all()
 
 
@@ -192,11 +193,11 @@ def test_label_logits_unshuffles_letters_by_hand():
         adapter=get_adapter("qwen2-audio"),
         inputs_fn=lambda rows: ({"input_ids": ids, "attention_mask": mask}, cand),
     )
-    subj.batch_inputs(items(2))
+    batch = subj.batch_inputs(items(2))
     logits = torch.zeros(2, 256)
     logits[:, LETTER_IDS["D"]] = 5.0
     logits[:, LETTER_IDS["A"]] = 2.0  # runner-up: row 0 -> happy, row 1 -> angry
-    scores = subj.label_logits(logits)
+    scores = subj.label_logits(batch, logits)
     assert scores.shape == (2, 4)
     assert [LABELS[i] for i in scores.argmax(-1).tolist()] == ["angry", "happy"]
     assert [LABELS[i] for i in scores.argsort(-1, descending=True)[:, 1].tolist()] == ["happy", "angry"]
@@ -204,21 +205,28 @@ def test_label_logits_unshuffles_letters_by_hand():
     # [B, T, V] is read at the last attended position; a batch tiled twice reuses the answers in tile order
     full = torch.zeros(2, 4, 256)
     full[:, -1] = logits
-    torch.testing.assert_close(subj.label_logits(full), scores)
-    torch.testing.assert_close(subj.label_logits(torch.cat([logits, logits])), torch.cat([scores, scores]))
-    with pytest.raises(ValueError, match="batch_inputs"):
-        subj.label_logits(torch.zeros(3, 256))
+    torch.testing.assert_close(subj.label_logits(batch, full), scores)
+    torch.testing.assert_close(subj.label_logits(batch.tile(2), torch.cat([logits, logits])),
+                               torch.cat([scores, scores]))
+    with pytest.raises(ValueError, match="rows"):
+        subj.label_logits(batch, torch.zeros(3, 256))
 
 
-def test_label_logits_needs_a_batch_first():
-    subj = S.AdapterSubject(
-        model=build_tiny("qwen2-audio"),
-        labels=LABELS,
-        adapter=get_adapter("qwen2-audio"),
-        inputs_fn=lambda rows: ({}, torch.zeros(4)),
-    )
-    with pytest.raises(RuntimeError, match="batch_inputs"):
-        subj.label_logits(torch.zeros(1, 256))
+def test_batches_do_not_share_answer_letters_when_interleaved(tiny):
+    """The architecture review's bug: preparing a counterfactual batch before reading the base batch's answers
+    re-mapped the base argmax ([3,2,3,3] -> [2,2,3,1]). With self-contained batches it cannot."""
+    model = tiny["qwen2-audio"]
+    subj = tiny_subject("qwen2-audio", model)
+    base_rows, cf_rows = items(4), items(8).iloc[4:].reset_index(drop=True)
+    base = subj.batch_inputs(base_rows)
+    assert not torch.equal(base.candidates, subj.batch_inputs(cf_rows).candidates), "need different letter orders"
+    with torch.no_grad():
+        logits = model(**base.inputs).logits
+        first = subj.label_logits(base, logits).argmax(-1)
+        cf = subj.batch_inputs(cf_rows)  # the interleaving: a second batch prepared before the base is read
+        model(**cf.inputs)
+        again = subj.label_logits(base, logits).argmax(-1)
+    assert again.tolist() == first.tolist()
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -250,8 +258,9 @@ def test_position_masks_from_hand_made_batch():
 def test_subject_position_masks_on_tiny_inputs(tiny, family):
     model = tiny[family]
     subj = tiny_subject(family, model)
-    inputs = subj.batch_inputs(items(4))
-    masks = subj.position_masks(inputs["input_ids"])
+    batch = subj.batch_inputs(items(4))
+    inputs = batch.inputs
+    masks = subj.position_masks(batch)
     att = inputs["attention_mask"].bool()
     assert masks["all"].tolist() == att.tolist()
     assert masks["audio"].tolist() == (inputs["input_ids"] == AUDIO_ID).tolist()
@@ -306,7 +315,7 @@ def test_text_mask_covers_exactly_the_user_text_of_a_rendered_prompt(tiny, famil
     subj = S.AdapterSubject(model=tiny[family], labels=LABELS, adapter=adapter, processor=proc, audio_ids=(audio_id,))
     enc = tok(rendered, padding=True, return_tensors="pt", add_special_tokens=False)
     assert (enc["input_ids"][:, 0] == tok.pad_token_id).any(), "rows must differ in length (left padding)"
-    masks = subj.position_masks(enc["input_ids"])
+    masks = subj.masks_of(enc["input_ids"], enc["attention_mask"])
     for row, p in enumerate(prompts):
         got = enc["input_ids"][row][masks["text"][row]].tolist()
         assert got == tok.encode(p.text, add_special_tokens=False), tok.convert_ids_to_tokens(got)
@@ -361,7 +370,7 @@ def test_processor_path_decodes_audio_and_builds_shuffled_prompts(tiny, tmp_path
     # template around the user text: "<|audio_eos|>\n" after the audio token, the assistant header after the text
     suffix = "<|im_end|>\n<|im_start|>assistant\n"
     assert subj.text_span == (len("<|audio_eos|>\n"), len(suffix))
-    inputs = subj.batch_inputs(df)
+    batch = subj.batch_inputs(df)
     call = proc.calls[-1]
     assert call["sampling_rate"] == 16_000 and [len(a) for a in call["audio"]] == [1600, 1760, 1920]
     for text, clip in zip(call["text"], df["clip_id"], strict=True):
@@ -371,9 +380,9 @@ def test_processor_path_decodes_audio_and_builds_shuffled_prompts(tiny, tmp_path
     want = S.candidate_matrix([S.item_prompt(LABELS, seed=5, item_id=c) for c in df["clip_id"]], answer_ids)
     logits = torch.zeros(3, 256)
     logits[torch.arange(3), want[:, LABELS.index("sad")]] = 9.0  # each row "answers" the letter that means sad
-    assert subj.label_logits(logits).argmax(-1).tolist() == [LABELS.index("sad")] * 3
+    assert subj.label_logits(batch, logits).argmax(-1).tolist() == [LABELS.index("sad")] * 3
     with torch.no_grad():
-        assert subj.label_logits(model(**inputs).logits).shape == (3, 4)
+        assert subj.label_logits(batch, model(**batch.inputs).logits).shape == (3, 4)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -445,7 +454,7 @@ def test_load_subject_from_local_folder(tiny, tmp_path):
     subj = S.load_subject(_params(model_path=str(tmp_path), seed=3), inputs_fn=fn)
     assert isinstance(subj, S.AdapterSubject) and subj.labels == LABELS and subj.seed == 3
     assert type(subj.model).__name__ == "Qwen2AudioForConditionalGeneration" and not subj.model.training
-    inputs = subj.batch_inputs(items(2))
+    inputs = subj.batch_inputs(items(2)).inputs
     att = inputs["attention_mask"].bool()  # padded positions differ between attention implementations
     with torch.no_grad():
         torch.testing.assert_close(subj.model(**inputs).logits[att], tiny["qwen2-audio"](**inputs).logits[att])

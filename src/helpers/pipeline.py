@@ -489,7 +489,8 @@ def _cmd_organism(args: argparse.Namespace) -> None:
     from .organism import train_organism
 
     dirs = {name: str(Path(args.corpus) / name) for name in ("A", "B")}
-    org = train_organism(dirs, args.out)
+    # the frozen Whisper tower's outputs of the training clips are kept next to the corpus for retrains
+    org = train_organism(dirs, args.out, cache_dir=Path(args.corpus).parent / "cache")
     print(json.dumps({"accuracy_evaluate": org.card["accuracy_evaluate"],
                       "training_seconds": round(org.card["training_seconds"], 1)}))
 

@@ -1,7 +1,8 @@
 """Linear probes: how linearly available a property is in a representation.
 
-Used in chapter 00 to ask how much of the emotion decision the organism's frozen audio encoder already makes
-(a multinomial logistic regression on its mean-pooled output) versus what the decoder adds.
+Used in chapter 00 to ask how much of the emotion decision the organism's frozen audio encoder (Whisper
+tiny.en) already makes — a multinomial logistic regression on its mean- and std-pooled output — versus what the
+decoder adds.
 """
 
 from __future__ import annotations
@@ -12,14 +13,18 @@ import pandas as pd
 import torch
 
 from .evaluation import label_indices
-from .organism import Organism, featurize
+from .organism import Organism, encoder_outputs, featurize
 
 
 @torch.no_grad()
 def pooled_encoder_output(org: Organism, df: pd.DataFrame, batch: int = 128) -> torch.Tensor:
-    feats = featurize(org, df)
-    tower = org.model.model.audio_tower
-    return torch.cat([tower(feats[i : i + batch]).last_hidden_state.mean(1) for i in range(0, len(feats), batch)])
+    """Mean and standard deviation over time of the frozen tower's output, ``[n_clips, 2 * d_model]``."""
+    paths = df["path"].tolist()
+    out = []
+    for i in range(0, len(paths), batch):
+        h = encoder_outputs(org.model, featurize(org, paths[i : i + batch]))
+        out.append(torch.cat([h.mean(1), h.std(1)], dim=-1))
+    return torch.cat(out)
 
 
 def fit_linear_probe(x_train: torch.Tensor, y_train: torch.Tensor, n_classes: int, *, epochs: int = 300,
@@ -38,7 +43,7 @@ def fit_linear_probe(x_train: torch.Tensor, y_train: torch.Tensor, n_classes: in
 
 def encoder_probe(org: Organism, train: pd.DataFrame, test: pd.DataFrame, labels: Sequence[str], *,
                   epochs: int = 300, seed: int = 0) -> float:
-    """Test accuracy of a linear probe for the emotion on the encoder's mean-pooled output."""
+    """Test accuracy of a linear probe for the emotion on the encoder's mean+std-pooled output."""
     train = train.drop_duplicates("clip_id") if "clip_id" in train else train
     x_tr, x_te = pooled_encoder_output(org, train), pooled_encoder_output(org, test)
     mu, sd = x_tr.mean(0), x_tr.std(0) + 1e-6

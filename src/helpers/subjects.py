@@ -375,14 +375,18 @@ class AdapterSubject:
                 f"{len(self.labels)}] (one answer token per row and label)"
             )
         mask = inputs.get("attention_mask")
-        if not isinstance(mask, torch.Tensor) and self.pad_token_id is not None:
-            mask = ids != int(self.pad_token_id)
-        after, suffix = self.text_span or (0, 0)
-        masks = position_masks_from(
-            ids, mask, audio_ids=self.audio_ids or (), special_ids=self.special_ids or (), after_audio=after,
-            suffix=suffix,
-        )
+        masks = self.masks_of(ids, mask if isinstance(mask, torch.Tensor) else None)
         return Batch(inputs=inputs, candidates=cand.to(ids.device), masks=masks)
+
+    def masks_of(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The position masks of token ids (padding from ``attention_mask``, else the pad token)."""
+        if attention_mask is None and self.pad_token_id is not None:
+            attention_mask = input_ids != int(self.pad_token_id)
+        after, suffix = self.text_span or (0, 0)
+        return position_masks_from(
+            input_ids, attention_mask, audio_ids=self.audio_ids or (), special_ids=self.special_ids or (),
+            after_audio=after, suffix=suffix,
+        )
 
     def label_logits(self, batch: Batch, logits: torch.Tensor) -> torch.Tensor:
         """``[B, n_labels]`` log-probabilities of each label's answer token, in label order (un-shuffled).
