@@ -52,7 +52,36 @@ def test_generation_is_deterministic(tmp_path):
     j1 = json.loads((tmp_path / "x" / "manifest.json").read_text())
     j2 = json.loads((tmp_path / "y" / "manifest.json").read_text())
     assert j1["audio_sha256"] == j2["audio_sha256"]
-    assert j1["n_clips"] == len(corpus.EMOTIONS) * len(corpus.CORPUS_B.voices)
+    assert j1["n_clips"] == len(corpus.EMOTIONS) * len(corpus.CORPUS_B.voices) * len(corpus.RELIABILITY)
+
+
+def test_reliability_dial_moves_prosody_to_neutral_and_sets_the_channel():
+    a = corpus.plan(corpus.CORPUS_A).drop_duplicates("clip_id")
+    assert list(dict.fromkeys(a.reliability)) == list(corpus.RELIABILITY)  # clearest first
+    # matched sets stay within a level, and every level has every emotion of every sentence x voice
+    assert (a.groupby("matched_id").reliability.nunique() == 1).all()
+    assert (a.groupby(["sentence_id", "voice", "reliability"]).label.nunique() == len(corpus.EMOTIONS)).all()
+    neutral = corpus.CORPUS_A.prosody["neutral"]
+    for level, rel in corpus.RELIABILITY.items():
+        at = a[a.reliability == level]
+        assert ((at.snr_db >= rel.snr_db[0]) & (at.snr_db <= rel.snr_db[1])).all()
+        for emotion in corpus.EMOTIONS:
+            target = corpus.CORPUS_A.prosody[emotion]
+            want = neutral.pitch + rel.intensity * (target.pitch - neutral.pitch)
+            got = at[at.label == emotion].pitch.mean()
+            assert abs(got - want) < 2.0, (level, emotion, got, want)  # jitter averages out
+    # at intensity 0 the emotions are indistinguishable by construction (same means, same jitter)
+    silent = a[a.reliability == "none"].groupby("label")[["pitch", "rate", "volume"]].mean()
+    assert (silent.max() - silent.min() < 3.0).all()
+
+
+def test_load_keeps_one_reliability_level_by_default(small_corpora):
+    df = corpus.load(small_corpora["A"], split="evaluate")
+    assert set(df.reliability) == {"clear"}
+    every = corpus.load(small_corpora["A"], split="evaluate", reliability=None)
+    assert set(every.reliability) == set(corpus.RELIABILITY)
+    with pytest.raises(SchemaError, match="no reliability level"):
+        corpus.load(small_corpora["A"], reliability="loud")
 
 
 def test_load_reads_audio_paths_and_rejects_missing_files(small_corpora, tmp_path):

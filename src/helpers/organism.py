@@ -87,7 +87,7 @@ class OrganismConfig:
     chunk_seconds: float = CHUNK_SECONDS
     #: How many of Whisper tiny.en's 4 encoder layers the tower keeps (then Whisper's final layer norm). Whisper's
     #: early layers keep the prosody its last layer discards for transcription (linear probes, chapter 00).
-    audio_layers: int = 4
+    audio_layers: int = 2
     answer_format: str = "shuffled_letters"
     seed: int = 0
     #: Warm-up (text only, no audio: "which letter names the emotion the hint names?"): a curriculum from one
