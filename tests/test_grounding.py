@@ -529,7 +529,39 @@ def test_dissociation_structure_and_controls(subject):
     assert s["random_text_following"] == pytest.approx(((p[2:4] == y_text).mean(1) - (p[0] == y_text).mean()).mean())
     assert len(s["text_following_ci"]) == 2 and s["n_neurons"] == 20
     assert isinstance(res.summary["double_dissociation"], bool)
+    level = np.where(np.arange(len(items)) % 2 == 0, "clear", "none")
+    by = G.dissociation_by_group(res, items.assign(reliability=level), LABELS, "reliability")
+    assert set(by) == {"clear", "none"} and by["clear"]["n_items"] + by["none"]["n_items"] == len(items)
+    odd = level == "none"
+    assert by["none"]["text_sets"]["text_following"] == pytest.approx(
+        (p[1, odd] == y_text[odd]).mean() - (p[0, odd] == y_text[odd]).mean())
+    assert by["clear"]["baseline"]["follows_audio"] == pytest.approx((p[0, ~odd] == y_audio[~odd]).mean())
+    assert by["none"]["audio_sets"]["random_audio_following"] == pytest.approx(
+        ((p[5:7][:, odd] == y_audio[odd]).mean(1) - (p[0, odd] == y_audio[odd]).mean()).mean())
+    with pytest.raises(ValueError, match="not a column"):
+        G.dissociation_by_group(res, items, LABELS, "reliability")
     base = G.dissociation(subject, items, torch.zeros(L, N, dtype=torch.bool), [[0, 1]], random_seeds=(),
                           n_boot=0, progress=False)
     assert base.summary["text_sets"]["text_following"] == 0.0 and "random_text_following" not in base.summary[
         "text_sets"]
+
+
+def test_extreme_sets_pick_the_most_text_and_audio_grounded_neurons():
+    import pandas as pd
+
+    from helpers.grounding import extreme_sets
+
+    table = pd.DataFrame({
+        "layer": [0, 0, 1, 1, 1, 2], "neuron": [0, 1, 0, 1, 2, 0],
+        "coefficient": [0.1, 0.9, float("nan"), 0.2, 0.95, 0.5],
+        "delta_audio": [1.0, 2.0, 0.0, 1.0, 3.0, 1.0], "delta_text": [5.0, 1.0, 0.0, 4.0, 0.5, 1.0],
+    })
+    s = extreme_sets(table, 2, 3, 4)
+    assert s["text_sets"].nonzero().tolist() == [[0, 0], [1, 1]]
+    assert s["audio_sets"].nonzero().tolist() == [[0, 1], [1, 2]]
+    within = torch.zeros(3, 4, dtype=torch.bool)
+    within[0, :2] = within[2, 0] = True  # only three determined candidates: one each, never shared
+    s = extreme_sets(table, 5, 3, 4, within=within)
+    assert s["text_sets"].nonzero().tolist() == [[0, 0]] and s["audio_sets"].nonzero().tolist() == [[0, 1]]
+    with pytest.raises(ValueError, match="k must be"):
+        extreme_sets(table, 0, 3, 4)

@@ -322,6 +322,10 @@ def test_random_controls_are_matched_and_independent_per_selector(subject, df, s
         want = as_mask(same[lbl], L, N).sum(1)
         assert torch.equal(masks[("random(a, layer-matched)", lbl)].sum(1), want)
     assert masks[("random(a)", "happy")][0].any()  # uniform draws land outside layer 1 too
+    counts = res.layer_counts()
+    assert counts["random(a, layer-matched)"] == counts["a"] != counts["random(a)"]
+    assert counts["a"]["happy"] == [0, 10] + [0] * (L - 2)
+    assert {lbl: sum(v) for lbl, v in counts["random(b)"].items()} == dict.fromkeys(LABELS, 10)
     assert all(math.isnan(v) for v in res.gap_ci["a"])  # n_boot = 0
     with pytest.raises(ValueError, match="unknown controls"):
         I.deactivation_experiment(subject, df, {"a": same}, controls=("shuffled",), progress=False)

@@ -69,3 +69,15 @@ def test_random_sets_match_sizes_layers_and_are_independent():
         random_sets({"x": torch.ones(L, N, dtype=torch.bool)}, (L, N), seed=0, salt="s", exclude=[[0, 0]])
     sized = random_sets({"x": 7}, (L, N), seed=0, salt="s")
     assert sized["x"].shape == (7, 2)
+
+
+def test_sets_file_keeps_its_meta(tmp_path):
+    from helpers.neuron_sets import load_meta, load_sets, save_sets
+
+    sets = {"mad": {"happy": torch.tensor([[0, 1], [2, 3]])}}
+    meta = {"fraction": 0.05, "specs": {"mad": {"fraction": 0.05}}}
+    path = save_sets(tmp_path / "sets.json", sets, n_layers=L, n_neurons=N, meta=meta)
+    assert load_meta(path) == meta
+    assert torch.equal(load_sets(path)["mad"]["happy"], sets["mad"]["happy"])
+    with pytest.raises(FileNotFoundError, match="02_selectors"):
+        load_meta(tmp_path / "missing.json")

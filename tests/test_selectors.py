@@ -468,3 +468,30 @@ def test_random_draws_are_independent_per_salt_and_can_match_layers(planted):
     matched = select(stats, "random", like=like, salt="cas", match_layers=True)
     assert layer_counts(matched, L) == layer_counts(like, L)
     assert select_report(stats, "random", like=like).full
+
+
+def test_select_many_and_option_variants(planted):
+    from helpers.selectors import OPTIONS, option_variants, select_many
+
+    stats, _ = planted
+    specs = {"lap": {"fraction": 0.02}, "lape": {"fraction": 0.05, "bar": "saturation"}, "mad": {"fraction": 0.02},
+             "cas": {"fraction": 0.02}, "aape": {"entropy_rate": 12 / M}}
+    reports = select_many(stats, specs)
+    assert list(reports) == list(specs)
+    for name, spec in specs.items():  # the same selection as select() with the same options
+        kw = dict(spec)
+        ref = select_report(stats, name, **kw)
+        assert all(torch.equal(ref.selection[lbl], reports[name].selection[lbl]) for lbl in LABELS)
+    variants = option_variants(specs, fraction=0.02)
+    assert set(variants) == {"lap(ties=random)", "lape(bar=strict)", "cas(on=mean)", "aape(budget=fraction)"}
+    assert variants["lape(bar=strict)"] == {"method": "lape", "fraction": 0.05, "bar": "strict"}
+    assert variants["aape(budget=fraction)"]["fraction"] == 0.02 and variants["aape(budget=fraction)"]["budget"] == \
+        "fraction"
+    got = select_many(stats, variants)
+    assert got["aape(budget=fraction)"].sizes == reports["mad"].sizes  # equal budgets
+    assert got["cas(on=mean)"].details["ties"] and got["lap(ties=random)"].method == "lap"
+    assert set(OPTIONS) == {"lap", "lape", "cas", "aape"}
+    # a spec already at the non-default value gets the default as its variant; aape needs the budget
+    assert set(option_variants({"x": {"method": "cas", "k": 3, "on": "mean"}})) == {"cas(on=prob)"}
+    with pytest.raises(ValueError, match="needs the budget"):
+        option_variants({"aape": {}})

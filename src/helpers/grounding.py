@@ -994,6 +994,32 @@ def prediction_grounding(
     return pd.DataFrame(rows)
 
 
+def extreme_sets(table: pd.DataFrame, k: int, n_layers: int, n_neurons: int, *, within: Any = None
+                 ) -> dict[str, torch.Tensor]:
+    """The ``k`` most text-grounded and the ``k`` most audio-grounded neurons of a :func:`neuron_grounding` table
+    by the calibrated coefficient: ``{"text_sets": mask, "audio_sets": mask}`` (the inputs of
+    :func:`dissociation`).
+
+    Only neurons with a determined coefficient count, and only those in ``within`` (a mask or pairs, e.g. the
+    union of the emotion-sensitive sets) when given. Ranks: coefficient ascending (text) / descending (audio),
+    ties by the larger raw Δ of that side, then by position. With fewer than ``2 k`` candidates each side gets
+    half of them (rounded down), so the two sets never share a neuron."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be an integer >= 1, got {k!r}")
+    t = table.dropna(subset=["coefficient"]).reset_index(drop=True)
+    if within is not None:
+        m = as_mask(within, n_layers, n_neurons)
+        t = t[m[t["layer"].to_numpy(), t["neuron"].to_numpy()].numpy()].reset_index(drop=True)
+    n = min(int(k), len(t) // 2)
+    out = {}
+    for name, ascending, delta in (("text_sets", True, "delta_text"), ("audio_sets", False, "delta_audio")):
+        order = t.assign(_neg=-t[delta]).sort_values(["coefficient", "_neg"], ascending=[ascending, True],
+                                                     kind="stable")
+        pick = np.array(order.head(n)[["layer", "neuron"]].to_numpy(dtype=np.int64).reshape(-1, 2))
+        out[name] = as_mask(pick, n_layers, n_neurons)
+    return out
+
+
 def grounded_sets(table: pd.DataFrame, n_layers: int, n_neurons: int) -> dict[str, torch.Tensor]:
     """Masks of the audio-, text-grounded and mixed neurons of a :func:`neuron_grounding` table."""
     out = {}
@@ -1343,6 +1369,41 @@ def dissociation(subject: Subject, conflict: pd.DataFrame, text_sets: Any, audio
     return DissociationResult(table=table, summary=summary, predictions=preds)
 
 
+def dissociation_by_group(result: DissociationResult, conflict: pd.DataFrame, labels: Sequence[str], column: str
+                          ) -> dict[str, dict[str, dict[str, float]]]:
+    """:func:`dissociation`'s Δs within each value of a column of the conflict items (e.g. the reliability
+    level), from the predictions it already made: ``{group: {"baseline": {"follows_text", "follows_audio"},
+    "text_sets": {"text_following", "audio_following", "random_text_following", "random_audio_following"},
+    "audio_sets": {...}, "n_items": n}}``. ``conflict`` and ``labels`` must be those the result was computed on."""
+    df = conflict.reset_index(drop=True)
+    if column not in df.columns:
+        raise ValueError(f"cannot group by {column!r}: not a column of the conflict items")
+    if len(df) != result.predictions.shape[1]:
+        raise ValueError(f"{len(df)} conflict items but the result has predictions for {result.predictions.shape[1]}")
+    pos = {lbl: i for i, lbl in enumerate(labels)}
+    y_audio = np.array([pos.get(x, -1) for x in df["label"]])
+    y_text = np.array([pos.get(x, -1) for x in df["context_label"]])
+    ft = (result.predictions == y_text[None]).astype(np.float64)
+    fa = (result.predictions == y_audio[None]).astype(np.float64)
+    sets_of = result.table["set"].tolist()
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for g in pd.unique(df[column]):
+        sel = (df[column] == g).to_numpy()
+        entry: dict[str, Any] = {"baseline": {"follows_text": float(ft[0, sel].mean()),
+                                              "follows_audio": float(fa[0, sel].mean())}, "n_items": int(sel.sum())}
+        for name in ("text_sets", "audio_sets"):
+            j = sets_of.index(name)
+            ctrl = [i for i, s in enumerate(sets_of) if s == f"random({name})"]
+            d = {"text_following": float((ft[j, sel] - ft[0, sel]).mean()),
+                 "audio_following": float((fa[j, sel] - fa[0, sel]).mean())}
+            if ctrl:
+                d["random_text_following"] = float((ft[ctrl][:, sel].mean(0) - ft[0, sel]).mean())
+                d["random_audio_following"] = float((fa[ctrl][:, sel].mean(0) - fa[0, sel]).mean())
+            entry[name] = d
+        out[str(g)] = entry
+    return out
+
+
 __all__ = [
     "AUDIO_GROUNDED_MIN",
     "TEXT_GROUNDED_MAX",
@@ -1358,6 +1419,8 @@ __all__ = [
     "conflict_analysis",
     "conflict_items",
     "dissociation",
+    "dissociation_by_group",
+    "extreme_sets",
     "grounded_sets",
     "grounding_coefficient",
     "known_answer_check",

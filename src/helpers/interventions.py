@@ -653,6 +653,20 @@ class DeactivationResult:
     y_true: np.ndarray
     y_base: np.ndarray
 
+    def layer_counts(self, seed: int | None = None) -> dict[str, dict[str, list[int]]]:
+        """``{selector or control: {target: [zeroed neurons per layer]}}`` read off the conditions that were run
+        (controls: the draw of ``seed``, default the first seed), e.g. to show that a layer-matched control has
+        its selector's layer profile."""
+        seeds = [c.meta["seed"] for c in self.conditions[1:] if "seed" in c.meta]
+        pick = seeds[0] if seed is None and seeds else seed
+        out: dict[str, dict[str, list[int]]] = {}
+        for c in self.conditions[1:]:
+            if "seed" in c.meta and c.meta["seed"] != pick:
+                continue
+            zeroed = (c.scale == 0) if c.scale is not None else torch.zeros(0, 0, dtype=torch.bool)
+            out.setdefault(c.meta["selector"], {})[c.meta["target"]] = [int(v) for v in zeroed.sum(1).tolist()]
+        return out
+
 
 def deactivation_experiment(subject: Subject, df: pd.DataFrame, sets: Mapping[str, Selection], *,
                             random_seeds: Sequence[int] = (0, 1, 2, 3, 4), controls: Sequence[str] = CONTROLS,

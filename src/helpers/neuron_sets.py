@@ -49,6 +49,15 @@ def load_sets(path: str | Path, *, n_layers: int | None = None, n_neurons: int |
             for sel, by_label in payload["sets"].items()}
 
 
+def load_meta(path: str | Path) -> dict[str, Any]:
+    """The ``meta`` a set file was saved with (e.g. the budget and the selector specs that produced the sets, so
+    a later stage can re-select with the same options)."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"no neuron sets at {p}: run stage 02_selectors for this run first")
+    return dict(json.loads(p.read_text()).get("meta") or {})
+
+
 # ---------------------------------------------------------------------------------------- pairs <-> masks
 def as_pairs(neurons: Any, n_layers: int, n_neurons: int, *, what: str = "neuron set") -> torch.Tensor:
     """A neuron set as validated ``(layer, neuron)`` pairs, ``LongTensor[m, 2]`` on the CPU (order kept).

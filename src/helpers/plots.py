@@ -49,18 +49,60 @@ def prosody_distributions(tables: Mapping[str, pd.DataFrame], labels: Sequence[s
 
 
 def training_curves(log: pd.DataFrame) -> plt.Figure:
-    """Stage-1 prosody regression loss and stage-2 loss / accuracy per epoch."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3))
-    enc = log[log["stage"] == "encoder"]
-    axes[0].plot(enc["epoch"], enc["mse"], marker="o")
-    axes[0].set(title="stage 1: encoder regresses prosody", xlabel="epoch", ylabel="MSE (standardised)")
-    dec = log[log["stage"] == "decoder"]
-    axes[1].plot(dec["epoch"], dec["train_acc"], label="train accuracy")
-    if "identify_acc" in dec:
-        axes[1].plot(dec["epoch"], dec["identify_acc"], label="held-out accuracy (A identify)")
-    axes[1].set(title="stage 2: decoder MLPs learn the answer", xlabel="epoch", ylabel="accuracy", ylim=(0, 1))
+    """The letter-binding warm-up (steps to mastery per number of listed options) and the task's loss and
+    accuracy per epoch, with the held-out accuracy per reliability level."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
+    warm = log[log["stage"] == "warmup"]
+    if len(warm):
+        axes[0].plot(warm["options"], warm["step"], marker="o")
+        axes[0].set_xticks(sorted(warm["options"].unique()))
+    axes[0].set(title="warm-up: letter binding on text", xlabel="options listed",
+                ylabel="cumulative steps to mastery")
+    task = log[log["stage"] == "task"]
+    axes[1].plot(task["epoch"], task["train_acc"], marker=".", label="train accuracy")
+    for col in [c for c in task.columns if str(c).startswith("acc_")]:
+        held = task.dropna(subset=[col])
+        axes[1].plot(held["epoch"], held[col], marker="o", label=f"held-out, {col[4:]} audio, no hint")
     axes[1].axhline(0.25, color="grey", lw=0.8, ls=":", label="chance")
-    axes[1].legend(loc="lower right", fontsize=8)
+    axes[1].set(title="task: projector + decoder learn the answer", xlabel="epoch", ylabel="accuracy", ylim=(0, 1))
+    axes[1].legend(loc="lower right", fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def reliability_curve(table: pd.DataFrame) -> plt.Figure:
+    """Share of conflicting-hint answers that follow the audio vs the text, and accuracy without a hint, per
+    level of the audio-reliability dial (clearest left)."""
+    fig, ax = plt.subplots(figsize=(6.4, 3.4))
+    x = np.arange(len(table))
+    series = (("conflict_follows_audio", "conflict: follows the audio", "tab:blue"),
+              ("conflict_follows_text", "conflict: follows the text", "tab:orange"),
+              ("accuracy_none", "no hint: accuracy", "tab:green"))
+    for col, label, color in series:
+        if col in table:
+            ax.plot(x, table[col], marker="o", label=label, color=color)
+    ax.axhline(0.25, color="grey", lw=0.8, ls=":", label="chance")
+    ax.set_xticks(x, [f"{lvl}\n(intensity {inten:g})" for lvl, inten in zip(table.index, table["intensity"],
+                                                                            strict=True)])
+    ax.set(ylim=(0, 1.02), ylabel="share of items", xlabel="audio reliability (clearest left)")
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.tight_layout()
+    return fig
+
+
+def layer_ablation(table: pd.DataFrame, base: float) -> plt.Figure:
+    """Accuracy with each layer's gates zeroed alone (bars) against the unedited model and chance."""
+    fig, ax = plt.subplots(figsize=(7.0, 3.2))
+    names = [n for n in table.index if n != "base"]
+    vals = [float(table.loc[n, "accuracy"]) for n in names]
+    colors = ["tab:red" if n.startswith("all") else "tab:blue" for n in names]
+    ax.bar(range(len(names)), vals, color=colors)
+    ax.axhline(base, color="black", lw=1, label=f"unedited ({base:.2f})")
+    ax.axhline(0.25, color="grey", lw=0.8, ls=":", label="chance")
+    ax.set_xticks(range(len(names)), [n.replace(" zeroed", "").replace("all but first layer", "layers 1-")
+                                      for n in names], rotation=30, ha="right", fontsize=8)
+    ax.set(ylim=(0, 1), ylabel="accuracy (A, clear audio, no hint)", title="gates zeroed at every position")
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -143,21 +185,48 @@ def _strip_random(name: object) -> str:
 
 
 def gap_bars(comparison: pd.DataFrame, labels: Sequence[str]) -> plt.Figure:
-    """Per selector and emotion: the deactivation gap with its 95 % interval, next to random neurons (mean ± sd)."""
+    """Per selector and emotion: the deactivation gap with its 95 % interval, next to its random controls (mean ±
+    sd over draws): uniform over all neurons and, where the comparison has it, with the same count per layer."""
     selectors = list(dict.fromkeys(comparison["selector"]))
+    controls = [(c, name, color) for c, name, color in (("random_gap", "random, same size", "#cccccc"),
+                                                         ("layer_random_gap", "random, same layers", "#888888"))
+                if f"{c}_mean" in comparison.columns]
+    width = 0.8 / (1 + len(controls))
     fig, axes = plt.subplots(1, len(labels), figsize=(3.1 * len(labels), 3.0), sharey=True, squeeze=False)
     x = np.arange(len(selectors))
     for ax, lbl in zip(axes[0], labels, strict=True):
         d = comparison[comparison["target"] == lbl].set_index("selector").reindex(selectors)
         err = np.vstack([d["gap"] - d["gap_ci_low"], d["gap_ci_high"] - d["gap"]]).clip(min=0)
-        ax.bar(x - 0.18, d["gap"], 0.36, yerr=err, color=PALETTE.get(lbl, "C0"), capsize=2, label="selected")
-        ax.bar(x + 0.18, d["random_gap_mean"], 0.36, yerr=d["random_gap_std"].fillna(0), color="#cccccc",
-               capsize=2, label="random, same size")
+        offset = -0.4 + width / 2
+        ax.bar(x + offset, d["gap"], width, yerr=np.nan_to_num(err), color=PALETTE.get(lbl, "C0"), capsize=2,
+               label="selected")
+        for j, (col, name, color) in enumerate(controls, start=1):
+            ax.bar(x + offset + j * width, d[f"{col}_mean"], width, yerr=d[f"{col}_std"].fillna(0), color=color,
+                   capsize=2, label=name)
         ax.axhline(0, color="k", lw=0.6)
         ax.set_xticks(x, [s.upper() for s in selectors], rotation=45, fontsize=8)
         ax.set_title(f"zeroing {lbl} neurons", fontsize=10)
     axes[0, 0].set_ylabel("gap = self − cross effect")
     axes[0, -1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def mean_gaps(table: pd.DataFrame) -> plt.Figure:
+    """Mean gap over emotions with its interval, one bar per ``name`` and one panel per ``budget`` (columns
+    ``budget, name, gap, ci_low, ci_high``; random controls drawn grey)."""
+    budgets = list(dict.fromkeys(table["budget"]))
+    fig, axes = plt.subplots(1, len(budgets), figsize=(0.55 * table.groupby("budget").size().max() * len(budgets)
+                                                       + 1.5, 3.2), sharey=True, squeeze=False)
+    for ax, b in zip(axes[0], budgets, strict=True):
+        d = table[table["budget"] == b].reset_index(drop=True)
+        colors = ["#999999" if str(n).startswith("random") else "C0" for n in d["name"]]
+        err = np.vstack([d["gap"] - d["ci_low"], d["ci_high"] - d["gap"]]).clip(min=0)
+        ax.bar(np.arange(len(d)), d["gap"], yerr=np.nan_to_num(err), color=colors, capsize=2)
+        ax.axhline(0, color="k", lw=0.6)
+        ax.set_xticks(np.arange(len(d)), [str(n) for n in d["name"]], rotation=60, ha="right", fontsize=7)
+        ax.set_title(f"budget {b} per emotion", fontsize=10)
+    axes[0, 0].set_ylabel("mean gap (self − cross), 95 % CI")
     fig.tight_layout()
     return fig
 
@@ -191,30 +260,62 @@ def dose_curves(table: pd.DataFrame, *, x: str, y: str, hue: str, xlabel: str, y
     return fig
 
 
+_OUTCOMES = (("corrections", "baseline errors corrected"), ("damage", "correct answers broken"),
+             ("delta_uar", "UAR change"), ("flip_rate_to_target", "flip rate toward the target"))
+
+
 def strategy_curves(table: pd.DataFrame) -> plt.Figure:
-    """Targeted vs label-free steering over α: flip rate (targeted: toward the target; label-free: corrections),
-    damage to correct answers, and UAR change."""
-    t = table[table["target"].isin(["mean", "all"])]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
-    for strat, d in t.groupby("strategy", sort=False):
-        d = d.sort_values("alpha")
-        style = "-" if strat == "targeted" else "--"
-        axes[0].plot(d["alpha"], d["flip_rate"], style, marker="o", ms=3, label=strat)
-        if d["flip_ci_low"].notna().any():
-            axes[0].fill_between(d["alpha"], d["flip_ci_low"], d["flip_ci_high"], alpha=0.15, lw=0)
-        axes[1].plot(d["alpha"], d["damage"], style, marker="o", ms=3, label=strat)
-        axes[2].plot(d["alpha"], d["uar_change"], style, marker="o", ms=3, label=strat)
-    axes[0].set(title="flip rate (targeted) / corrections (label-free)", xlabel="α", ylabel="rate")
-    axes[1].set(title="correct answers broken", xlabel="α", ylabel="rate")
-    axes[2].set(title="UAR change", xlabel="α", ylabel="Δ UAR")
-    axes[2].axhline(0, color="k", lw=0.6)
-    axes[0].legend(fontsize=8)
+    """Steering strategies over α on the same four outcomes (columns: corrections, damage, ΔUAR, flip rate toward
+    the target), one row per steering mode; from :func:`helpers.interventions.steering_experiment` (targeted =
+    the mean over targets; label-free strategies have no target, so no flip rate; the oracle's target is the true
+    label, so its flip rate equals its corrections)."""
+    t = table[table["target"].isin(["mean", "all", "true"])]
+    modes = list(dict.fromkeys(t["mode"]))
+    fig, axes = plt.subplots(len(modes), len(_OUTCOMES), figsize=(3.2 * len(_OUTCOMES), 2.7 * len(modes)),
+                             squeeze=False, sharex=True)
+    for i, mode in enumerate(modes):
+        for strat, d in t[t["mode"] == mode].groupby("strategy", sort=False):
+            d = d.sort_values("alpha")
+            style = {"targeted": "-", "oracle": ":"}.get(strat, "--")
+            for j, (col, _) in enumerate(_OUTCOMES):
+                if d[col].notna().any():
+                    axes[i, j].plot(d["alpha"], d[col], style, marker="o", ms=3, label=strat)
+            if strat in ("targeted", "oracle") and d["corrections_ci_low"].notna().any():
+                axes[i, 0].fill_between(d["alpha"], d["corrections_ci_low"], d["corrections_ci_high"], alpha=0.12,
+                                        lw=0)
+        for j, (_col, title) in enumerate(_OUTCOMES):
+            axes[i, j].set_title(f"{mode}: {title}", fontsize=9)
+            axes[i, j].axhline(0, color="k", lw=0.5)
+            if len(t) and (t["alpha"] > 0).all():
+                axes[i, j].set_xscale("log", base=2)
+        axes[i, 0].set_ylabel("rate / Δ")
+    for ax in axes[-1]:
+        ax.set_xlabel("α")
+    axes[0, 0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def flip_by_mode(metrics: Mapping[str, object], target: float = 0.5) -> plt.Figure:
+    """Targeted steering's flip rate toward the target per steering mode against α (``metrics.json`` form:
+    ``alpha`` and ``flip_rate`` {mode: [...]}), with the 0.5 line."""
+    fig, ax = plt.subplots(figsize=(5.2, 3.2))
+    alphas = list(metrics["alpha"])  # type: ignore[arg-type]
+    for mode, values in metrics["flip_rate"].items():  # type: ignore[union-attr]
+        ax.plot(alphas, [np.nan if v is None else v for v in values], marker="o", label=mode)
+    ax.axhline(target, color="grey", ls=":", lw=0.8)
+    if alphas and min(alphas) > 0:
+        ax.set_xscale("log", base=2)
+    ax.set(xlabel="α", ylabel="flip rate toward the target", ylim=(0, 1.02), title="targeted steering, per mode")
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 
 
 def grounding_overview(neurons: pd.DataFrame, clusters: Mapping[str, Sequence[int]]) -> plt.Figure:
-    """Per neuron: Δ_audio against Δ_text (log-log), and the distribution of the grounding coefficient per cluster."""
+    """Per neuron: the raw Δ_audio against Δ_text (log-log; the dotted line is equal raw Δs, which the raw ratio
+    calls 0.5), and the distribution of the *calibrated* coefficient per cluster (each side's Δ divided by its
+    layer's typical Δ; undetermined neurons left out)."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
     order = list(clusters)
     palette = dict(zip(order, sns.color_palette("viridis", len(order)), strict=True))
@@ -226,13 +327,73 @@ def grounding_overview(neurons: pd.DataFrame, clusters: Mapping[str, Sequence[in
                         label=name)
     lims = [eps, max(float(d[["delta_audio", "delta_text"]].max().max()), 2 * eps) if len(d) else 1.0]
     axes[0].plot(lims, lims, "k:", lw=0.8)
-    axes[0].set(xscale="log", yscale="log", xlabel="Δ audio (mean |change|)", ylabel="Δ text",
+    axes[0].set(xscale="log", yscale="log", xlabel="Δ audio (mean |change|, raw)", ylabel="Δ text (raw)",
                 title="each neuron at the answer position")
     axes[0].legend(fontsize=8, markerscale=3)
     c = d.dropna(subset=["coefficient"])
     if len(c):
         sns.histplot(data=c, x="coefficient", hue="cluster", hue_order=order, palette=palette, bins=20,
                      multiple="stack", ax=axes[1], binrange=(0, 1))
-    axes[1].set(title="grounding coefficient g (1 = audio, 0 = text)", xlabel="g")
+    axes[1].axvline(0.5, color="k", lw=0.6, ls=":")
+    axes[1].set(title="calibrated g (1 = audio, 0 = text, 0.5 = typical)", xlabel="g")
+    fig.tight_layout()
+    return fig
+
+
+def reliability_grounding(truth: pd.DataFrame, sets: pd.DataFrame) -> plt.Figure:
+    """Left: which side drives the answer per reliability level (ground truth of the dial: the share of conflict
+    items answered with the audio's / the text's emotion, and each side's total effect on p(counterfactual
+    emotion)). Right: the calibrated grounding coefficient of neuron sets per level (``set``, ``group``,
+    ``coefficient``, ``ci_low``, ``ci_high``, ``coefficient_raw``), 0.5 = like random sets of the same layers."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.4))
+    levels = list(truth.index)
+    x = np.arange(len(levels))
+    for col, label, style in (("conflict_follows_audio", "conflict: follows audio", "-"),
+                              ("conflict_follows_text", "conflict: follows text", "-"),
+                              ("effect_audio", "audio pairs: |Δ p|", "--"),
+                              ("effect_text", "text pairs: |Δ p|", "--")):
+        if col in truth:
+            axes[0].plot(x, truth[col], style, marker="o", label=label,
+                         color="tab:blue" if "audio" in col else "tab:orange")
+    axes[0].set_xticks(x, levels)
+    axes[0].set(ylim=(0, 1.02), xlabel="audio reliability (clearest left)", ylabel="share / Δ p",
+                title="which side drives the answer")
+    axes[0].legend(fontsize=7)
+    names = list(dict.fromkeys(sets["set"]))
+    for name in names:
+        d = sets[sets["set"] == name].set_index("group").reindex(levels)
+        line = axes[1].plot(x, d["coefficient"], marker="o", label=f"{name} (calibrated)")[0]
+        if "ci_low" in d and d["ci_low"].notna().any():
+            axes[1].fill_between(x, d["ci_low"], d["ci_high"], alpha=0.15, lw=0, color=line.get_color())
+        axes[1].plot(x, d["coefficient_raw"], ":", marker=".", color=line.get_color(), label=f"{name} (raw)")
+    axes[1].axhline(0.5, color="k", lw=0.6, ls=":")
+    axes[1].set_xticks(x, levels)
+    axes[1].set(ylim=(0, 1.02), xlabel="audio reliability (clearest left)", ylabel="g",
+                title="grounding of the emotion-sensitive neurons")
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def dissociation_bars(summary: Mapping[str, Mapping[str, object]]) -> plt.Figure:
+    """Double dissociation: change of text-following and of audio-following on conflict items when the most
+    text-grounded or the most audio-grounded neurons are zeroed, with intervals, next to layer-matched random
+    sets of the same sizes (grey ticks)."""
+    fig, ax = plt.subplots(figsize=(6.0, 3.2))
+    groups = [g for g in ("text_sets", "audio_sets") if g in summary]
+    width = 0.38
+    for i, (key, color) in enumerate((("text_following", "tab:orange"), ("audio_following", "tab:blue"))):
+        vals = [float(summary[g][key]) for g in groups]  # type: ignore[index]
+        cis = [summary[g].get(f"{key}_ci", [np.nan, np.nan]) for g in groups]  # type: ignore[union-attr]
+        err = np.array([[v - c[0], c[1] - v] for v, c in zip(vals, cis, strict=True)]).T.clip(min=0)
+        xs = np.arange(len(groups)) + (i - 0.5) * width
+        ax.bar(xs, vals, width, yerr=np.nan_to_num(err), color=color, capsize=3, label=f"Δ {key.replace('_', '-')}")
+        rnd = [summary[g].get(f"random_{key}") for g in groups]  # type: ignore[union-attr]
+        ax.scatter(xs, [np.nan if r is None else r for r in rnd], marker="_", s=400, color="#555555", zorder=3,
+                   label="random sets, same layers" if i == 0 else None)
+    ax.axhline(0, color="k", lw=0.6)
+    ax.set_xticks(np.arange(len(groups)), [f"zero the most\n{g.split('_')[0]}-grounded ESNs" for g in groups])
+    ax.set(ylabel="change on conflict items")
+    ax.legend(fontsize=7)
     fig.tight_layout()
     return fig

@@ -152,6 +152,67 @@ def select_report(
                            shortfall=shortfall, details=report)
 
 
+#: Each selector's named edge-case option and its values (see ``select_<method>``): the values a chapter
+#: compares. :func:`option_variants` builds the "other value" of each.
+OPTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "lap": ("ties", ("mean", "random")),
+    "lape": ("bar", ("strict", "saturation")),
+    "cas": ("on", ("prob", "mean")),
+    "aape": ("budget", ("own", "fraction")),
+}
+#: The value each option takes when a spec does not name it (the functions' defaults).
+_OPTION_DEFAULTS = {"lap": "mean", "lape": "strict", "cas": "prob", "aape": "own"}
+
+
+def spec_method(name: str, spec: Mapping[str, Any]) -> str:
+    """The method of a selector spec (``spec["method"]``, else the spec's name)."""
+    return str(spec.get("method", name))
+
+
+def select_many(stats: ActivationStats, specs: Mapping[str, Mapping[str, Any]], *, seed: int = 0
+                ) -> dict[str, SelectionReport]:
+    """Run several selectors on the same stats: ``{name: SelectionReport}``, in ``specs`` order.
+
+    ``specs``: ``{name: select() keyword arguments}`` with ``method`` defaulting to the name — the format of
+    :func:`helpers.resampling.identification_resamples`, so a chapter can store its specs with the sets and a
+    later chapter re-select with exactly the same options. E.g. ``{"mad": {"fraction": 0.05}, "cas(on=mean)":
+    {"method": "cas", "fraction": 0.05, "on": "mean"}}``. Never warns: shortfalls are in each report.
+    """
+    out = {}
+    for name, spec in specs.items():
+        kw = {k: v for k, v in spec.items() if k != "method"}
+        out[str(name)] = select_report(stats, spec_method(name, spec), seed=seed, **kw)
+    return out
+
+
+def option_variants(specs: Mapping[str, Mapping[str, Any]], *, fraction: float | None = None
+                    ) -> dict[str, dict[str, Any]]:
+    """For every spec whose method has a named edge-case option (:data:`OPTIONS`), the same spec with each
+    *other* value of that option, named ``"<method>(<option>=<value>)"`` — e.g. ``lap(ties=random)`` next to a
+    ``lap`` spec with the default ties. ``aape(budget=fraction)`` needs a size: ``fraction`` (the other
+    selectors' budget); a ``budget="own"`` variant drops the spec's size."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, spec in specs.items():
+        method = spec_method(name, spec)
+        if method not in OPTIONS:
+            continue
+        option, values = OPTIONS[method]
+        current = spec.get(option, _OPTION_DEFAULTS[method])
+        for value in values:
+            if value == current:
+                continue
+            new = {**spec, "method": method, option: value}
+            if method == "aape":
+                new.pop("fraction", None)
+                new.pop("k", None)
+                if value == "fraction":
+                    if fraction is None:
+                        raise ValueError("aape(budget=fraction) needs the budget: pass fraction=")
+                    new["fraction"] = fraction
+            out[f"{method}({option}={value})"] = new
+    return out
+
+
 def tie_report(report: SelectionReport) -> dict[str, dict[str, float]]:
     """Per label: the score at the cut, how many neurons share it (``tied_at_cut``) and how many of those were
     selected (``tied_selected``). ``tied_at_cut > tied_selected`` means the tie-breaker, not the score, chose
