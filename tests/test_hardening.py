@@ -388,9 +388,11 @@ def test_run_dir_that_is_a_file_gives_one_clear_error(tmp_path, capsys, untouche
     assert target.read_text() == "not a folder"
 
 
-def test_unwritable_run_folder_gives_one_clear_error(capsys, untouched):
-    # /proc refuses new folders even to root: the same failure as a read-only checkout
-    rc, err = run_main(["run", "01_logging", "-p", "run_dir", "/proc/esn-run"], capsys)
+def test_unwritable_run_folder_gives_one_clear_error(small_corpora, tmp_path, capsys, untouched):
+    # /proc refuses new folders even to root: the same failure as a read-only checkout. The corpus must exist
+    # (a fresh clone has none under data/), or the earlier dataset check answers first.
+    cfg = write_config(tmp_path / "c.yml", datasets={k: str(v) for k, v in small_corpora.items()})
+    rc, err = run_main(["run", "01_logging", "--config", str(cfg), "-p", "run_dir", "/proc/esn-run"], capsys)
     assert rc == 2 and err.count("\n") == 1
     assert "cannot write the run folder /proc/esn-run" in err and "pass -p run_dir <a writable folder>" in err
 
