@@ -273,16 +273,18 @@ def strategy_curves(table: pd.DataFrame) -> plt.Figure:
     modes = list(dict.fromkeys(t["mode"]))
     fig, axes = plt.subplots(len(modes), len(_OUTCOMES), figsize=(3.2 * len(_OUTCOMES), 2.7 * len(modes)),
                              squeeze=False, sharex=True)
+    colors: dict[str, str] = {}
     for i, mode in enumerate(modes):
         for strat, d in t[t["mode"] == mode].groupby("strategy", sort=False):
             d = d.sort_values("alpha")
             style = {"targeted": "-", "oracle": ":"}.get(strat, "--")
+            color = colors.setdefault(strat, f"C{len(colors)}")
             for j, (col, _) in enumerate(_OUTCOMES):
                 if d[col].notna().any():
-                    axes[i, j].plot(d["alpha"], d[col], style, marker="o", ms=3, label=strat)
-            if strat in ("targeted", "oracle") and d["corrections_ci_low"].notna().any():
+                    axes[i, j].plot(d["alpha"], d[col], style, marker="o", ms=3, label=strat, color=color)
+            if d["corrections_ci_low"].notna().any():  # intervals exist for single conditions (not the means)
                 axes[i, 0].fill_between(d["alpha"], d["corrections_ci_low"], d["corrections_ci_high"], alpha=0.12,
-                                        lw=0)
+                                        lw=0, color=color)
         for j, (_col, title) in enumerate(_OUTCOMES):
             axes[i, j].set_title(f"{mode}: {title}", fontsize=9)
             axes[i, j].axhline(0, color="k", lw=0.5)
