@@ -8,7 +8,7 @@ O(layers × neurons × classes), whatever the number of items.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,6 +39,37 @@ def check_position_kind(kind: str) -> str:
     return kind
 
 
+@dataclass
+class GateBatch:
+    """One batch of the logging pass: the rows, their offset in the table, per-row gate sums over the counted
+    positions (one ``[3, B, N]`` tensor per layer), the counted-token counts, predictions and true labels."""
+
+    offset: int
+    rows: pd.DataFrame
+    sums: list[torch.Tensor]
+    n_tokens: torch.Tensor
+    pred: torch.Tensor
+    y: torch.Tensor
+
+
+def gate_batches(org: Subject, df: pd.DataFrame, *, positions: str = "last", batch_size: int = 64,
+                 progress: bool = True, desc: str | None = None) -> Iterator[GateBatch]:
+    """The one logging loop (a trace per batch, gate sums reduced inside it, the answer read at the same time);
+    :func:`log_activations` and the bootstrap's :func:`helpers.resampling.log_resampled_stats` fold its batches."""
+    check_position_kind(positions)
+    y_all = label_indices(df["label"], list(org.labels))
+    offset = 0
+    for rows in tqdm(batches(df, batch_size), desc=desc or f"logging ({positions} positions)",
+                     disable=not progress, mininterval=2.0):
+        batch = org.batch_inputs(rows)
+        mask = org.position_masks(batch)[positions]
+        logits, sums = trace_gates(org.model, batch.inputs, reduce=lambda _i, g, m=mask: row_sums(g, m),
+                                   logits="last")
+        pred = org.label_logits(batch, logits).argmax(-1).cpu()
+        yield GateBatch(offset, rows, sums, mask.sum(1), pred, torch.from_numpy(y_all[offset : offset + len(rows)]))
+        offset += len(rows)
+
+
 @torch.no_grad()
 def log_activations(org: Subject, df: pd.DataFrame, *, positions: str = "last", only_correct: bool = True,
                     batch_size: int = 64, progress: bool = True) -> LogResult:
@@ -47,30 +78,20 @@ def log_activations(org: Subject, df: pd.DataFrame, *, positions: str = "last", 
     ``positions`` chooses the counted token positions (:data:`POSITION_KINDS`); ``only_correct`` counts only
     items the un-intervened model answers correctly, as the paper does.
     """
-    check_position_kind(positions)
     labels = list(org.labels)
-    y_all = label_indices(df["label"], labels)
     n_layers, n_neurons = gate_shape(org.model)
     acc = StatsAccumulator(n_layers, n_neurons, labels)
     records = []
-    offset = 0
-    for rows in tqdm(batches(df, batch_size), desc=f"logging ({positions} positions)", disable=not progress,
-                     mininterval=2.0):
-        batch = org.batch_inputs(rows)
-        mask = org.position_masks(batch)[positions]
-        logits, sums = trace_gates(org.model, batch.inputs, reduce=lambda _i, g, m=mask: row_sums(g, m),
-                                   logits="last")
-        pred = org.label_logits(batch, logits).argmax(-1).cpu()
-        y = torch.from_numpy(y_all[offset : offset + len(rows)])
-        correct = pred == y
+    for gb in gate_batches(org, df, positions=positions, batch_size=batch_size, progress=progress):
+        rows = gb.rows
+        correct = gb.pred == gb.y
         keep = correct if only_correct else torch.ones_like(correct)
-        acc.update_rows(sums, mask.sum(1), y, keep)
+        acc.update_rows(gb.sums, gb.n_tokens, gb.y, keep)
         records.append(pd.DataFrame({
             "clip_id": rows["clip_id"].to_numpy() if "clip_id" in rows else rows["path"].to_numpy(),
-            "label": rows["label"].to_numpy(), "pred": [labels[i] for i in pred.tolist()],
+            "label": rows["label"].to_numpy(), "pred": [labels[i] for i in gb.pred.tolist()],
             "correct": correct.numpy(), "counted": keep.numpy(),
         }))
-        offset += len(rows)
     stats = acc.result(meta={"positions": positions, "only_correct": only_correct})
     empty = stats.empty_classes()
     present = set(df["label"])

@@ -22,14 +22,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
-from .activation_log import check_position_kind
-from .evaluation import batches, label_indices
-from .hooks import trace_gates
+from .activation_log import check_position_kind, gate_batches
+from .evaluation import label_indices
 from .models import gate_shape
 from .selectors import SelectionShortfall, select
-from .stats import ActivationStats, row_sums
+from .stats import ActivationStats
 from .subject import Subject
 
 Selection = dict[str, torch.Tensor]
@@ -138,18 +136,10 @@ def log_resampled_stats(subject: Subject, df: pd.DataFrame, *, n_resamples: int 
         raise ValueError(f"weights must be [n_resamples, {len(df)}], got shape {w.shape}")
     n_layers, n_neurons = gate_shape(subject.model)
     acc = ResampledStatsAccumulator(n_layers, n_neurons, labels, w)
-    offset = 0
-    for rows in tqdm(batches(df, batch_size), desc=f"logging {w.shape[0]} resamples", disable=not progress,
-                     mininterval=2.0):
-        batch = subject.batch_inputs(rows)
-        mask = subject.position_masks(batch)[positions]
-        logits, sums = trace_gates(subject.model, batch.inputs, reduce=lambda _i, g, m=mask: row_sums(g, m),
-                                   logits="last")
-        pred = subject.label_logits(batch, logits).argmax(-1).cpu()
-        y = torch.from_numpy(y_all[offset : offset + len(rows)])
-        keep = pred == y if only_correct else torch.ones_like(y, dtype=torch.bool)
-        acc.update_rows(sums, mask.sum(1), y, np.arange(offset, offset + len(rows)), keep)
-        offset += len(rows)
+    for gb in gate_batches(subject, df, positions=positions, batch_size=batch_size, progress=progress,
+                           desc=f"logging {w.shape[0]} resamples"):
+        keep = gb.pred == gb.y if only_correct else torch.ones_like(gb.y, dtype=torch.bool)
+        acc.update_rows(gb.sums, gb.n_tokens, gb.y, np.arange(gb.offset, gb.offset + len(gb.rows)), keep)
     return acc.results(meta={"positions": positions, "only_correct": only_correct, "seed": seed})
 
 
