@@ -94,7 +94,12 @@ def test_batches_are_self_contained(organism, small_corpora):
 
 def test_warmup_rows_show_only_the_requested_options(organism):
     rng = np.random.default_rng(0)
-    ids, cand, y = om.draw_warmup(organism, 16, 2, rng)
+    levels = np.array(["clear"] * 5 + ["none"] * 5)
+    ts = om.TrainingSet(torch.zeros(10, organism.n_audio, 384), np.arange(10) % 4, levels, [str(i) for i in range(10)])
+    idx, ids, cand, y = om.draw_warmup(organism, ts, 16, 2, rng)
+    assert set(levels[idx]) == {"none"}  # the bridge hears only clips whose audio carries no emotion
+    text_only = om.draw_warmup(organism, None, 16, 2, rng)
+    assert text_only[0] is None and text_only[1].shape[1] == ids.shape[1] - 2 - organism.n_audio
     empty = organism.tokenizer.convert_tokens_to_ids(om.EMPTY_OPTION)
     assert ((ids == empty).sum(1) == 2).all()
     for row in range(16):
