@@ -125,7 +125,7 @@ class OrganismConfig:
     #: Feature-space augmentation of the heard clips in training (not in the warm-up, not at test): each audio
     #: position is replaced by the training mean with probability ``augment_drop``, and Gaussian noise of
     #: ``augment_noise`` tower standard deviations is added. Off by default: with drop 0.25 + noise 0.3 the
-    #: clear no-hint phase stayed near chance even on its training rows (0.28-0.31 over three epochs, against
+    #: clear no-hint phase stayed near chance even on its training rows (0.30-0.31 over three epochs, against
     #: 0.47 -> 0.86 without augmentation; measured while building this); milder settings were not run to the end.
     augment_drop: float = 0.0
     augment_noise: float = 0.0
