@@ -70,13 +70,18 @@ def gate_batches(org: Subject, df: pd.DataFrame, *, positions: str = "last", bat
         offset += len(rows)
 
 
+#: Columns of the per-item table the Log stage returns.
+ITEM_COLUMNS = ("clip_id", "label", "pred", "correct", "counted")
+
+
 @torch.no_grad()
 def log_activations(org: Subject, df: pd.DataFrame, *, positions: str = "last", only_correct: bool = True,
-                    batch_size: int = 64, progress: bool = True) -> LogResult:
+                    batch_size: int = 64, progress: bool = True, check: bool = True) -> LogResult:
     """Stream gate statistics of ``df``'s items through the model (one trace per batch).
 
     ``positions`` chooses the counted token positions (:data:`POSITION_KINDS`); ``only_correct`` counts only
-    items the un-intervened model answers correctly, as the paper does.
+    items the un-intervened model answers correctly, as the paper does. ``check=False`` skips
+    :func:`check_counted` (a shard of a data-parallel run checks after the sums are combined).
     """
     labels = list(org.labels)
     n_layers, n_neurons = gate_shape(org.model)
@@ -93,6 +98,16 @@ def log_activations(org: Subject, df: pd.DataFrame, *, positions: str = "last", 
             "correct": correct.numpy(), "counted": keep.numpy(),
         }))
     stats = acc.result(meta={"positions": positions, "only_correct": only_correct})
+    if check:
+        check_counted(stats, df, labels, only_correct)
+    items = pd.concat(records, ignore_index=True) if records else pd.DataFrame(columns=list(ITEM_COLUMNS))
+    return LogResult(stats=stats, items=items)
+
+
+def check_counted(stats: ActivationStats, df: pd.DataFrame, labels: Sequence[str], only_correct: bool) -> None:
+    """Refuse statistics in which some class has no counted token, saying whether its items were missing from
+    ``df`` or all answered wrongly (selectors would otherwise divide by zero or rank noise)."""
+    labels = list(labels)
     empty = stats.empty_classes()
     present = set(df["label"])
     no_items = [lbl for lbl in empty if lbl not in present]
@@ -108,7 +123,6 @@ def log_activations(org: Subject, df: pd.DataFrame, *, positions: str = "last", 
             f"({'only_correct=True' if only_correct else 'check the token mask'}); add identification items, "
             "use a different token-position kind, or set only_correct=False"
         )
-    return LogResult(stats=stats, items=pd.concat(records, ignore_index=True))
 
 
 def layer_profile(stats: ActivationStats) -> pd.DataFrame:
