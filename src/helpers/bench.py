@@ -112,6 +112,41 @@ def organism_subject(n_items: int) -> tuple[Organism | None, pd.DataFrame | None
     return org, df, "committed organism, corpus A evaluation items"
 
 
+def sharded_logging(n_processes: int = 2) -> dict[str, Any]:
+    """The Log stage of chapter 01 (the organism's config, corpus A identify split) through
+    ``torchrun -m helpers.distributed`` on ``n_processes`` gloo processes and on 1: are the statistics identical?
+
+    Counts must match exactly; the float64 sums are compared bit for bit (``identical``) and by max |diff|."""
+    import subprocess
+    import sys
+    import tempfile
+
+    from .stats import ActivationStats
+
+    if not (ORGANISM_DIR / "config.json").is_file() or not (CORPUS_A / "metadata.csv").is_file():
+        return {"note": "skipped: needs the committed organism and corpus A (make corpus)"}
+    out: dict[str, Any] = {"processes": n_processes, "backend": "gloo", "items": "corpus A identify split"}
+    with tempfile.TemporaryDirectory() as tmp:
+        stats = {}
+        for n in (1, n_processes):
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n),
+                   "-m", "helpers.distributed", "--config", str(ROOT / "configs" / "organism.yml"),
+                   "--out", f"{tmp}/{n}"]
+            t0 = time.perf_counter()
+            done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
+                                  env={**os.environ, "OMP_NUM_THREADS": "1"})
+            if done.returncode:
+                return {**out, "error": done.stderr[-2000:]}
+            out[f"seconds_{n}"] = time.perf_counter() - t0
+            stats[n] = ActivationStats.load(f"{tmp}/{n}/stats_A.safetensors")
+    a, b = stats[1], stats[n_processes]
+    names = ("tokens", "items", "active", "total", "total_sq")
+    out["counts_equal"] = all(torch.equal(getattr(a, k), getattr(b, k)) for k in ("tokens", "items", "active"))
+    out["identical"] = all(torch.equal(getattr(a, k), getattr(b, k)) for k in names)
+    out["max_abs_diff"] = max(float((getattr(a, k) - getattr(b, k)).abs().max()) for k in names)
+    return out
+
+
 def model_info(subject: Organism) -> dict[str, Any]:
     from .models import gate_shape
 
@@ -469,6 +504,10 @@ def main(argv: list[str] | None = None) -> int:
     bat = batching_speedup(subj, items, settings=settings, reps=1)
     bat["model"] = name
     results["batching"] = bat
+
+    # ---- 4. data-parallel logging
+    print("sharded logging (2 gloo processes vs 1) ...", flush=True)
+    results["sharded"] = sharded_logging(2)
 
     results["total_seconds"] = time.perf_counter() - t_start
     out = Path(args.out)
