@@ -75,32 +75,31 @@ def log_activations_sharded(org: Subject, df: pd.DataFrame, *, positions: str = 
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``torchrun --nproc_per_node N -m helpers.distributed --config C --out DIR``: the Log stage's statistics of
-    the config's dataset and split on N processes (gloo on CPUs, NCCL when ``device`` is cuda). Rank 0 writes
-    ``stats_<dataset>.safetensors`` and ``items_<dataset>.csv`` to ``DIR``."""
+    """``torchrun --nproc_per_node N -m helpers.distributed --config C --out DIR``: the Log stage (chapter 01's
+    parameters, validated like ``make run`` validates them) on N processes (gloo on CPUs, NCCL when ``device`` is
+    cuda). Rank 0 writes ``stats_<dataset>.safetensors`` and ``items_<dataset>.csv`` to ``DIR``."""
     import argparse
     from pathlib import Path
 
-    import yaml
-
-    from .io import atomic_save
+    from . import config as cfg
+    from .io import atomic_save, load_config
+    from .pipeline import NOTEBOOKS
     from .subjects import load_items, load_subject
 
     ap = argparse.ArgumentParser(prog="python -m helpers.distributed", description=main.__doc__)
     ap.add_argument("--config", required=True, help="a run config (configs/organism.yml)")
     ap.add_argument("--out", required=True, help="folder for the statistics")
-    ap.add_argument("--split", default="identify")
-    ap.add_argument("--positions", default=None, help="token positions (default: the config's, else last)")
     args = ap.parse_args(argv)
-    params = yaml.safe_load(Path(args.config).read_text())
+    params = cfg.resolve("01_logging", load_config(args.config), notebooks=NOTEBOOKS, source=args.config).effective
     if not dist.is_initialized() and "WORLD_SIZE" in os.environ:
-        cuda = str(params.get("device", "cpu")).startswith("cuda")
-        dist.init_process_group("nccl" if cuda else "gloo")
+        dist.init_process_group("nccl" if str(params.get("device", "cpu")).startswith("cuda") else "gloo")
     name = str(params.get("dataset") or next(iter(params["datasets"])))
     subject = load_subject(params)
-    items = load_items(params, name, split=args.split)
-    res = log_activations_sharded(subject, items, positions=args.positions or params.get("positions", "last"),
-                                  batch_size=int(params.get("batch_size", 64)))
+    items = load_items(params, name, split=params["split"])
+    if params.get("limit_per_class"):  # as chapter 01 does
+        items = items.groupby("label", group_keys=False).head(int(params["limit_per_class"]))
+    res = log_activations_sharded(subject, items, positions=params["positions"], only_correct=params["only_correct"],
+                                  batch_size=int(params["batch_size"]))
     rank, world = process_group()
     if rank == 0:
         out = Path(args.out)

@@ -301,13 +301,13 @@ def load_waves(paths: Sequence[str]) -> list[np.ndarray]:
 
 
 class AudioCache:
-    """Projected audio embeddings per audio file, computed once by the frozen tower and reused.
+    """The frozen tower's output per audio file, computed once and reused; the trained projector is applied on
+    every read, so training the projector never leaves the cache stale.
 
-    Why: Whisper is ~90 % of a forward pass and no decoder-gate edit can change its output, so every condition
-    of a sweep (and every stage of a run) would recompute the same thing. Bounded (least recently used out);
-    keyed by path, so it assumes audio files and the projector do not change while a subject is alive (training
-    replaces the cache before every evaluation: a stale cache once made every mid-training evaluation read
-    the first epoch's projector).
+    Why: Whisper is most of a forward pass and no decoder-gate edit can change its output, so every condition
+    of a sweep (and every stage of a run) would recompute the same thing. Bounded (least recently used out;
+    25 x 384 floats, 38 KB, per clip); keyed by path, so it assumes audio files do not change while a subject is
+    alive.
     """
 
     def __init__(self, max_items: int = 6000) -> None:
@@ -334,19 +334,9 @@ class AudioCache:
 
 
 @torch.no_grad()
-def audio_embeddings(model: nn.Module, feats: torch.Tensor, batch: int = 64) -> torch.Tensor:
-    """Projected audio-token embeddings exactly as ``Qwen2AudioModel.forward`` computes them (full mask)."""
-    inner = model.model
-    out = []
-    for i in range(0, len(feats), batch):
-        hidden = inner.audio_tower(feats[i : i + batch]).last_hidden_state
-        out.append(inner.multi_modal_projector(hidden))
-    return torch.cat(out) if out else torch.zeros(0)
-
-
-@torch.no_grad()
 def encoder_outputs(model: nn.Module, feats: torch.Tensor, batch: int = 64) -> torch.Tensor:
-    """The frozen tower's output (before the trained projector), cached for training."""
+    """The frozen tower's output (before the trained projector): what the caches hold. The projector on top
+    gives the audio-token embeddings exactly as ``Qwen2AudioModel.forward`` computes them (full mask)."""
     tower = model.model.audio_tower
     return torch.cat([tower(feats[i : i + batch]).last_hidden_state for i in range(0, len(feats), batch)])
 
@@ -413,19 +403,25 @@ class Organism:
         """Whisper log-mel features of the fixed window; every clip yields exactly ``n_audio`` audio tokens."""
         return self.feature_extractor(list(wavs), sampling_rate=SAMPLE_RATE, return_tensors="pt")["input_features"]
 
-    def clip_embeddings(self, paths: Sequence[str]) -> torch.Tensor:
-        """``[B, n_audio, hidden]`` projected audio embeddings, through the cache."""
+    @torch.no_grad()
+    def clip_encodings(self, paths: Sequence[str]) -> torch.Tensor:
+        """``[B, n_audio, d_tower]`` outputs of the frozen tower, through the cache."""
         todo = [p for p in dict.fromkeys(paths) if self.cache.get(p) is None]
         if todo:
-            emb = audio_embeddings(self.model, self.features(load_waves(todo)))
-            for p, e in zip(todo, emb, strict=True):
+            enc = encoder_outputs(self.model, self.features(load_waves(todo)))
+            for p, e in zip(todo, enc, strict=True):
                 self.cache.put(p, e)
         return torch.stack([self._cached(p) for p in paths])
+
+    @torch.no_grad()
+    def clip_embeddings(self, paths: Sequence[str]) -> torch.Tensor:
+        """``[B, n_audio, hidden]`` projected audio embeddings: the cached tower outputs through the projector."""
+        return self.model.model.multi_modal_projector(self.clip_encodings(paths))
 
     def _cached(self, path: str) -> torch.Tensor:
         out = self.cache.get(path)
         if out is None:  # evicted within this batch (cache smaller than a batch)
-            out = audio_embeddings(self.model, self.features(load_waves([path])))[0]
+            out = encoder_outputs(self.model, self.features(load_waves([path])))[0]
         return out
 
     def masks(self, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -826,7 +822,6 @@ def train_organism(corpus_dirs: dict[str, str | Path], out_dir: str | Path, cfg:
     y_val = np.array([cfg.labels.index(x) for x in val["label"]])
 
     def eval_fn() -> dict[str, float]:
-        org.cache = AudioCache()  # the cached audio embeddings went through last epoch's projector
         pred = predict_rows(org, val)
         out = {}
         for level in levels:
@@ -839,7 +834,6 @@ def train_organism(corpus_dirs: dict[str, str | Path], out_dir: str | Path, cfg:
 
     log: list[dict] = []
     train(org, ts, cfg, log, eval_fn=eval_fn, verbose=progress)
-    org.cache = AudioCache()
     accuracy = {}
     for name, folder in corpus_dirs.items():
         ev = corpus_mod.load(folder, split="evaluate")

@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 
 from .evaluation import label_indices
-from .organism import Organism, encoder_outputs, featurize
+from .organism import Organism
 
 
 @torch.no_grad()
@@ -22,7 +22,7 @@ def pooled_encoder_output(org: Organism, df: pd.DataFrame, batch: int = 128) -> 
     paths = df["path"].tolist()
     out = []
     for i in range(0, len(paths), batch):
-        h = encoder_outputs(org.model, featurize(org, paths[i : i + batch]))
+        h = org.clip_encodings(paths[i : i + batch])
         out.append(torch.cat([h.mean(1), h.std(1)], dim=-1))
     return torch.cat(out)
 
