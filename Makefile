@@ -69,6 +69,7 @@ book/executed/%.ipynb: $(RUN)/%/metrics.json
 	cp $(RUN)/$*/$*.ipynb $@
 
 book: $(STAMP) $(MATHJAX) $(foreach s,$(STAGES),book/executed/$(s).ipynb)
+	$(PYTHON) -m helpers.bench --page book/generated/benchmarks.md --out bench/results.json --runs $(RUN)
 	$(BIN)/jupyter-book build . --builder html -W -n --keep-going
 	@echo "book: _build/html/index.html"
 

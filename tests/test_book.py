@@ -71,8 +71,12 @@ def built_book(executed_00, tmp_path_factory) -> Path:
     for name in ("_config.yml", "_vendor", "bench"):
         target = ROOT / name
         (shutil.copytree if target.is_dir() else shutil.copy)(target, src / name)
-    shutil.copytree(ROOT / "book", src / "book", ignore=shutil.ignore_patterns("executed"))
+    shutil.copytree(ROOT / "book", src / "book", ignore=shutil.ignore_patterns("executed", "generated"))
     (src / "book" / "executed").mkdir()
+    from helpers.bench import write_page  # what `make book` does before the HTML build
+
+    write_page(ROOT / "bench" / "results.json", tmp_path_factory.mktemp("no-runs"), src / "book" / "generated" /
+               "benchmarks.md")
     shutil.copy(executed_00, src / "book" / "executed" / "00_organism.ipynb")
     toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
     for part in toc["parts"]:

@@ -1,4 +1,4 @@
-"""Data-parallel logging: 2 gloo processes give the statistics of 1 process (sums of float64 partial sums)."""
+"""Data-parallel runs: 2 gloo processes give exactly (bit for bit) the statistics and sweep logits of 1 process."""
 
 from __future__ import annotations
 
@@ -7,26 +7,43 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 import yaml
 
 from helpers import activation_log, corpus, distributed
-from helpers.stats import ActivationStats
+from helpers.stats import SUM_NAMES, ActivationStats, StatsAccumulator
 
 ORGANISM_DIR = Path(__file__).resolve().parents[1] / "models" / "organism"
 
 
-def test_shards_partition_the_items_in_order():
-    df = pd.DataFrame({"x": range(10)})
-    parts = [distributed.shard(df, r, 3) for r in range(3)]
-    assert sum(len(p) for p in parts) == 10 and max(len(p) for p in parts) - min(len(p) for p in parts) <= 1
-    assert pd.concat(parts)["x"].tolist() == list(range(10))
-    # more processes than items: some shards are empty, none is lost
-    assert sorted(len(distributed.shard(df.head(1), r, 2)) for r in range(2)) == [0, 1]
+def test_batch_shards_deal_the_one_process_batches_round_robin():
+    parts = [distributed.batch_shard(10, 3, r, 2) for r in range(2)]
+    assert [p.tolist() for p in parts[0]] == [[0, 1, 2], [6, 7, 8]]
+    assert [p.tolist() for p in parts[1]] == [[3, 4, 5], [9]]
+    assert distributed.n_rounds(10, 3, 2) == 2 and distributed.n_rounds(0, 3, 2) == 0
+    # more processes than batches: some ranks get none, none is lost
+    assert [len(distributed.batch_shard(2, 3, r, 2)) for r in range(2)] == [1, 0]
     with pytest.raises(ValueError, match="rank"):
-        distributed.shard(df, 2, 2)
+        distributed.batch_shard(10, 3, 2, 2)
+    with pytest.raises(ValueError, match="batch_size"):
+        distributed.batch_shard(10, 0, 0, 2)
+
+
+def test_contribution_then_add_is_update_rows():
+    g = torch.Generator().manual_seed(0)
+    rows = [torch.rand(3, 5, 4, generator=g) for _ in range(2)]
+    a, b = StatsAccumulator(2, 4, ["x", "y"]), StatsAccumulator(2, 4, ["x", "y"])
+    for _ in range(3):
+        a.update_rows(rows, torch.tensor([2, 1, 0, 3, 1]), torch.tensor([0, 1, 1, 0, 0]),
+                      torch.tensor([True, True, True, False, True]))
+        b.add(b.contribution(rows, torch.tensor([2, 1, 0, 3, 1]), torch.tensor([0, 1, 1, 0, 0]),
+                             torch.tensor([True, True, True, False, True])))
+    for name in SUM_NAMES:
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    assert float(a.items.sum()) == 3 * 3  # the row with no token and the dropped row do not count
 
 
 def test_without_a_process_group_it_is_plain_logging(organism, small_corpora):
@@ -50,10 +67,60 @@ def test_two_gloo_processes_equal_one(organism, small_corpora, tmp_path):
     two = ActivationStats.load(tmp_path / "out" / "stats_A.safetensors")
     df = corpus.load(small_corpora["A"], split="identify")
     one = activation_log.log_activations(organism, df, batch_size=7, progress=False)
-    for name in ("tokens", "items", "active"):  # counts: exact
+    for name in SUM_NAMES:  # counts and float64 sums alike: bit for bit
         assert torch.equal(getattr(two, name), getattr(one.stats, name)), name
-    for name in ("total", "total_sq"):  # float64 sums, added in another order
-        torch.testing.assert_close(getattr(two, name), getattr(one.stats, name), rtol=1e-12, atol=1e-12)
     items = pd.read_csv(tmp_path / "out" / "items_A.csv")
     assert items["clip_id"].tolist() == one.items["clip_id"].tolist()
     assert items["counted"].tolist() == one.items["counted"].tolist()
+
+
+SWEEP_SCRIPT = """
+import sys, numpy as np, torch, torch.distributed as dist
+from helpers import corpus, distributed
+from helpers.interventions import deactivate, identity, steer
+from helpers.organism import load_organism
+dist.init_process_group("gloo")
+org = load_organism(sys.argv[1])
+df = corpus.load(sys.argv[2], split="identify")
+L, N = 6, 512
+pairs = torch.tensor([[0, 3], [0, 7], [2, 11], [5, 100]])
+conds = [identity(), deactivate(pairs, L, N), steer(pairs, L, N, 4.0)]
+out = distributed.run_conditions_sharded(org, df, conds, batch_size=5)
+if dist.get_rank() == 0:
+    np.save(sys.argv[3], out)
+dist.destroy_process_group()
+"""
+
+
+def test_a_sweep_on_two_gloo_processes_equals_one(organism, small_corpora, tmp_path):
+    from helpers.interventions import deactivate, identity, run_conditions, steer
+
+    (tmp_path / "sweep.py").write_text(SWEEP_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(tmp_path / "sweep.py"), str(ORGANISM_DIR), str(small_corpora["A"]), str(tmp_path / "two.npy")]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    two = np.load(tmp_path / "two.npy")
+    df = corpus.load(small_corpora["A"], split="identify")
+    pairs = torch.tensor([[0, 3], [0, 7], [2, 11], [5, 100]])
+    conds = [identity(), deactivate(pairs, 6, 512), steer(pairs, 6, 512, 4.0)]
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        one = run_conditions(organism, df, conds, batch_size=5, progress=False)
+    finally:
+        torch.set_num_threads(n)
+    assert two.shape == one.shape == (3, len(df), len(organism.labels))
+    assert np.array_equal(two, one)
+    assert not np.array_equal(one[0], one[2])  # the edits change the logits: the comparison can fail
+
+
+def test_per_item_conditions_are_refused_by_the_sharded_sweep(organism, small_corpora):
+    from helpers.interventions import label_free
+
+    df = corpus.load(small_corpora["A"], split="identify").head(4)
+    sets = {lbl: torch.tensor([[0, i]]) for i, lbl in enumerate(organism.labels)}
+    cond = label_free("two_pass", sets, organism.labels, 6, 512, 2.0, first_pass=np.eye(4, dtype=np.float32))
+    with pytest.raises(ValueError, match="one process"):
+        distributed.run_conditions_sharded(organism, df, [cond])

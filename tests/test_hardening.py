@@ -706,3 +706,24 @@ def test_stats_files_are_byte_identical_across_saves_and_processes(tmp_path):
     back = ActivationStats.load(tmp_path / "p.safetensors")
     assert back.labels == ["neutral", "happy"] and back.meta == stats.meta
     torch.testing.assert_close(back.total, stats.total)
+
+
+def test_benchmarks_page_holds_each_measure_against_its_goal(tmp_path):
+    """The generated benchmarks tables: a missed goal reads **no**, a met one yes; stage times come from
+    stage.json records."""
+    from helpers.bench import goal_rows, page_markdown
+
+    results = {"machine": {"date": "d", "cpu_count": 2, "torch_threads": 1}, "total_seconds": 5.0,
+               "goals": {"logging_overhead_ratio": 1.15},
+               "logging_overhead": {"organism": {"ratio": 1.3}},
+               "sweep": {"goal": 3.0, "sweep": "s", "models": {"organism": {
+                   "speedup": 4.0, "uncached_sequential_s": 8.0, "cached_batched_s": 2.0, "input_share": 0.8,
+                   "caching_bound": 5.0, "max_abs_logit_diff": 0.0}}},
+               "sharded": {"identical": True}}
+    rows = {r[0]: r for r in goal_rows(results)}
+    assert [r[3] for r in rows.values()] == [False, True, True]
+    (tmp_path / "01_logging").mkdir()
+    (tmp_path / "01_logging" / "stage.json").write_text('{"seconds": 30.0, "params": {}}')
+    page = page_markdown(results, tmp_path)
+    assert "| 1.3 | <= 1.15 | **no** |" in page and "| 4 | >= 3 | yes |" in page
+    assert "| 01_logging | 30 | 100% |" in page

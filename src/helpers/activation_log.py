@@ -74,32 +74,39 @@ def gate_batches(org: Subject, df: pd.DataFrame, *, positions: str = "last", bat
 ITEM_COLUMNS = ("clip_id", "label", "pred", "correct", "counted")
 
 
+def counted(gb: GateBatch, only_correct: bool) -> torch.Tensor:
+    """Which rows of a batch count: those answered correctly (``only_correct``) or all."""
+    correct = gb.pred == gb.y
+    return correct if only_correct else torch.ones_like(correct)
+
+
+def item_records(gb: GateBatch, labels: Sequence[str], only_correct: bool) -> pd.DataFrame:
+    """The per-item table rows (:data:`ITEM_COLUMNS`) of one batch."""
+    rows = gb.rows
+    return pd.DataFrame({
+        "clip_id": rows["clip_id"].to_numpy() if "clip_id" in rows else rows["path"].to_numpy(),
+        "label": rows["label"].to_numpy(), "pred": [labels[i] for i in gb.pred.tolist()],
+        "correct": (gb.pred == gb.y).numpy(), "counted": counted(gb, only_correct).numpy(),
+    })
+
+
 @torch.no_grad()
 def log_activations(org: Subject, df: pd.DataFrame, *, positions: str = "last", only_correct: bool = True,
-                    batch_size: int = 64, progress: bool = True, check: bool = True) -> LogResult:
+                    batch_size: int = 64, progress: bool = True) -> LogResult:
     """Stream gate statistics of ``df``'s items through the model (one trace per batch).
 
     ``positions`` chooses the counted token positions (:data:`POSITION_KINDS`); ``only_correct`` counts only
-    items the un-intervened model answers correctly, as the paper does. ``check=False`` skips
-    :func:`check_counted` (a shard of a data-parallel run checks after the sums are combined).
+    items the un-intervened model answers correctly, as the paper does.
     """
     labels = list(org.labels)
     n_layers, n_neurons = gate_shape(org.model)
     acc = StatsAccumulator(n_layers, n_neurons, labels)
     records = []
     for gb in gate_batches(org, df, positions=positions, batch_size=batch_size, progress=progress):
-        rows = gb.rows
-        correct = gb.pred == gb.y
-        keep = correct if only_correct else torch.ones_like(correct)
-        acc.update_rows(gb.sums, gb.n_tokens, gb.y, keep)
-        records.append(pd.DataFrame({
-            "clip_id": rows["clip_id"].to_numpy() if "clip_id" in rows else rows["path"].to_numpy(),
-            "label": rows["label"].to_numpy(), "pred": [labels[i] for i in gb.pred.tolist()],
-            "correct": correct.numpy(), "counted": keep.numpy(),
-        }))
+        acc.update_rows(gb.sums, gb.n_tokens, gb.y, counted(gb, only_correct))
+        records.append(item_records(gb, labels, only_correct))
     stats = acc.result(meta={"positions": positions, "only_correct": only_correct})
-    if check:
-        check_counted(stats, df, labels, only_correct)
+    check_counted(stats, df, labels, only_correct)
     items = pd.concat(records, ignore_index=True) if records else pd.DataFrame(columns=list(ITEM_COLUMNS))
     return LogResult(stats=stats, items=items)
 

@@ -1,6 +1,6 @@
 """Benchmarks of the Log and Intervene machinery: ``python -m helpers.bench --out bench/results.json``.
 
-Three questions, each answered on CPU with modest sizes (the whole run takes a few minutes on 2 cores):
+Five questions, each answered on CPU with modest sizes (the whole run takes a few minutes on 2 cores):
 
 1. **Logging overhead** — how much slower is the Log stage's per-batch work (one nnsight trace reading every
    gate, reduced in the trace to per-row sums by :func:`helpers.stats.row_sums`, answer read at the last
@@ -16,6 +16,11 @@ Three questions, each answered on CPU with modest sizes (the whole run takes a f
    :func:`helpers.interventions.run_conditions` (conditions tiled into shared forward passes) vs
    :func:`~helpers.interventions.run_conditions_sequential` (one forward per condition and batch), same items;
    the results must agree (checked, the bench fails otherwise) and the speedup is reported.
+4. **The full sweep** — the same sweep cached + batched (audio tower once per item, conditions tiled) against
+   one condition at a time that runs the whole model from the waveform each time (no cache): the speedup a
+   sweep gets from computing once what no gate edit can change, and the max |logit difference| between them.
+5. **Data-parallel logging** — the Log stage on 2 gloo processes against 1 (``torchrun -m
+   helpers.distributed``): the statistics must be bit-for-bit equal.
 
 Models: the committed organism (``models/organism``) when present, else that entry is skipped with a note; an
 *organism-shaped* random model (the organism's exact config and prompt layout, random weights, synthetic audio
@@ -26,6 +31,7 @@ No timing is asserted anywhere: the numbers are reported as measured, goals alon
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -45,6 +51,7 @@ import torch
 
 from .organism import (
     EMOTIONS,
+    AudioCache,
     Organism,
     OrganismConfig,
     build_feature_extractor,
@@ -59,7 +66,7 @@ ORGANISM_DIR = ROOT / "models" / "organism"
 CORPUS_A = ROOT / "data" / "corpus" / "A"
 
 WIDE = {"hidden_size": 512, "decoder_layers": 8, "intermediate_size": 1536, "decoder_heads": 8, "decoder_kv_heads": 4}
-GOALS = {"logging_overhead_ratio": 1.15, "batching_speedup": 3.0}
+GOALS = {"logging_overhead_ratio": 1.15, "batching_speedup": 3.0, "sweep_speedup": 3.0}
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -390,6 +397,61 @@ def batching_speedup(subject: Organism, df: pd.DataFrame, *, settings: list[tupl
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# 4. The full sweep: audio cached + conditions batched, against one condition at a time recomputing everything
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def with_cache(subject: Organism, enabled: bool) -> Organism:
+    """The same model and prompts with a fresh audio cache (``enabled=False``: the tower runs on every read)."""
+    return dataclasses.replace(subject, cache=AudioCache(enabled=enabled))
+
+
+def sweep_speedup(subject: Organism, df: pd.DataFrame, *, batch_size: int, max_rows: int, reps: int
+                  ) -> dict[str, Any]:
+    """A full steering sweep (4 emotions x 3 selector-sized sets x 5 alphas + the baseline) two ways:
+
+    * reference: one condition at a time, every condition running the whole model from the waveform (features,
+      audio tower, projector, decoder): :func:`run_conditions_sequential` with ``reuse_inputs=False`` on a subject
+      that caches nothing;
+    * cached + batched: the tower's output computed once per item (the cache starts empty, so that cost is
+      inside the timing) and conditions tiled into shared forward passes (:func:`run_conditions`).
+    """
+    from .interventions import run_conditions, run_conditions_sequential
+    from .models import gate_shape
+
+    L, N = gate_shape(subject.model)
+    conds = sweep_conditions(L, N, subject.labels)
+    t_ref, t_new = [], []
+    ref = new = None
+    for _ in range(reps):
+        plain = with_cache(subject, False)
+        t0 = time.perf_counter()
+        ref = run_conditions_sequential(plain, df, conds, batch_size=batch_size, reuse_inputs=False, progress=False)
+        t_ref.append(time.perf_counter() - t0)
+        cached = with_cache(subject, True)
+        t0 = time.perf_counter()
+        new = run_conditions(cached, df, conds, batch_size=batch_size, max_rows=max_rows, progress=False)
+        t_new.append(time.perf_counter() - t0)
+    assert ref is not None and new is not None
+    # What caching can save at most (Amdahl): the share of the reference spent building inputs from waveforms
+    plain = with_cache(subject, False)
+    t0 = time.perf_counter()
+    for start in range(0, len(df), batch_size):
+        plain.batch_inputs(df.iloc[start : start + batch_size])
+    share = min(1.0, (time.perf_counter() - t0) * len(conds) / statistics.median(t_ref))
+    return {
+        "items": len(df), "conditions": len(conds), "batch_size": batch_size, "max_rows": max_rows,
+        "uncached_sequential_s": statistics.median(t_ref), "cached_batched_s": statistics.median(t_new),
+        "speedup": statistics.median(t_ref) / statistics.median(t_new),
+        "max_abs_logit_diff": float(np.abs(new - ref).max()),
+        "identical": bool(np.array_equal(new, ref)),
+        "argmax_agreement": float((new.argmax(-1) == ref.argmax(-1)).mean()),
+        "input_share": share, "caching_bound": 1.0 / max(1e-9, 1.0 - share),
+        "runs_s": {"uncached_sequential": t_ref, "cached_batched": t_new},
+    }
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # Driver
 # --------------------------------------------------------------------------------------------------------------------
 
@@ -446,7 +508,118 @@ def print_table(results: dict[str, Any]) -> None:
         print(f"  batch {s['batch_size']:>3}, max_rows {s['max_rows']:>4} ({s['rows_per_forward']:>4} rows/forward): "
               f"sequential {s['sequential_s']:.2f}s, batched {s['batched_s']:.2f}s -> {s['speedup']:.2f}x "
               f"(max |diff| {s['max_abs_diff']:.1e})")
+    sw = results.get("sweep", {})
+    print(f"\nFull sweep, audio cached + batched vs uncached one condition at a time (goal >= {sw.get('goal')}x)")
+    for name, r in sw.get("models", {}).items():
+        print(f"  {name:<24} {r['speedup']:.2f}x (uncached {r['uncached_sequential_s']:.1f}s, cached "
+              f"{r['cached_batched_s']:.1f}s; inputs {r['input_share']:.0%} of the reference, bound "
+              f"{r['caching_bound']:.2f}x; max |dlogit| {r['max_abs_logit_diff']:.1e})")
+    sh = results.get("sharded", {})
+    if "identical" in sh:
+        n = sh["processes"]
+        print(f"\nLogging on {n} gloo processes vs 1: identical {sh['identical']} "
+              f"({sh['seconds_1']:.1f}s vs {sh[f'seconds_{n}']:.1f}s)")
     print(f"\ntotal {results['total_seconds']:.0f}s")
+
+
+def _row(cells: list[Any]) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def goal_rows(results: dict[str, Any]) -> list[tuple[str, float, float, bool, str]]:
+    """(measure, value, goal, passed, direction) for every goal the results can be held against."""
+    out = []
+    lo = results.get("logging_overhead", {}).get("organism", {})
+    if "ratio" in lo:
+        g = results["goals"]["logging_overhead_ratio"]
+        out.append(("logging overhead, organism (x plain forward)", lo["ratio"], g, lo["ratio"] <= g, "<="))
+    sw = results.get("sweep", {})
+    for name, r in sw.get("models", {}).items():
+        g = sw["goal"]
+        out.append((f"full sweep speedup, {name} (cached + batched vs uncached)", r["speedup"], g,
+                    r["speedup"] >= g, ">="))
+    sh = results.get("sharded", {})
+    if "identical" in sh:
+        out.append(("2 processes vs 1: bit-identical statistics (1 = yes)", float(sh["identical"]), 1.0,
+                    bool(sh["identical"]), "=="))
+    mem = results.get("memory", {})
+    if "flat" in mem:
+        out.append((f"memory flat at {mem['factor']}x the items (1 = yes)", float(mem["flat"]), 1.0,
+                    bool(mem["flat"]), "=="))
+    return out
+
+
+def stage_times(runs_dir: Path) -> list[tuple[str, float | None]]:
+    """(stage, seconds) from each stage folder's ``stage.json`` (written by the pipeline when it ran)."""
+    out = []
+    for rec_path in sorted(Path(runs_dir).glob("*/stage.json")):
+        rec = json.loads(rec_path.read_text())
+        out.append((rec_path.parent.name, rec.get("seconds")))
+    return out
+
+
+def page_markdown(results: dict[str, Any], runs_dir: Path, figure: str | None = None) -> str:
+    """The benchmarks page's tables: goals met or not, the sweep, and the stages' wall time in this build."""
+    lines = [f"Measured on {results['machine'].get('date', '?')} ({results['machine'].get('cpu_count', '?')} CPUs, "
+             f"torch threads {results['machine'].get('torch_threads', '?')}); `make bench` took "
+             f"{results.get('total_seconds', 0):.0f} s.", "",
+             _row(["measure", "value", "goal", "met"]), _row(["---", "---:", "---:", "---"])]
+    for name, value, goal, ok, op in goal_rows(results):
+        lines.append(_row([name, f"{value:.3g}", f"{op} {goal:g}", "yes" if ok else "**no**"]))
+    if figure:
+        lines += ["", f"```{{figure}} {figure}", ":name: fig-bench-goals", "",
+                  "Each measure divided by its goal (bars right of the line meet it; for the ≤ goal the "
+                  "inverse is drawn so that right is always better).", "```"]
+    sw = results.get("sweep", {})
+    if sw.get("models"):
+        lines += ["", f"**The full sweep** ({sw['sweep']}):", "",
+                  _row(["model", "uncached, one at a time (s)", "cached + batched (s)", "speedup",
+                        "inputs' share of the reference", "bound from caching", "max abs logit diff"]),
+                  _row(["---"] + ["---:"] * 6)]
+        for name, r in sw["models"].items():
+            lines.append(_row([name, f"{r['uncached_sequential_s']:.1f}", f"{r['cached_batched_s']:.1f}",
+                               f"{r['speedup']:.2f}x", f"{r['input_share']:.0%}", f"{r['caching_bound']:.2f}x",
+                               f"{r['max_abs_logit_diff']:.1e}"]))
+    times = stage_times(runs_dir)
+    if times:
+        total = sum(t for _, t in times if t)
+        lines += ["", f"**Stages of this build** (kernel start to last cell, from each stage's `stage.json`; "
+                  f"{total:.0f} s in all):", "", _row(["stage", "seconds", "share"]), _row(["---", "---:", "---:"])]
+        for stage, t in times:
+            lines.append(_row([stage, f"{t:.0f}" if t else "?", f"{t / total:.0%}" if t and total else "?"]))
+    return "\n".join(lines) + "\n"
+
+
+def goals_figure(results: dict[str, Any], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = goal_rows(results)
+    fig, ax = plt.subplots(figsize=(7, 0.5 + 0.45 * len(rows)))
+    names = [r[0] for r in rows]
+    score = [(r[2] / r[1] if r[4] == "<=" else r[1] / r[2]) if r[1] else 0.0 for r in rows]
+    ax.barh(names, score, color=["#2a9d8f" if r[3] else "#e76f51" for r in rows])
+    ax.axvline(1.0, color="k", lw=1)
+    ax.set_xlabel("measured / goal (1 = at the goal; right of the line: met)")
+    ax.invert_yaxis()
+    fig.tight_layout()
+    from .io import atomic_save
+
+    atomic_save(out, lambda p: fig.savefig(p, dpi=110, format="png"))
+    plt.close(fig)
+
+
+def write_page(results_path: Path, runs_dir: Path, out: Path) -> None:
+    """``make book``: the generated part of the benchmarks page from the committed results and this build."""
+    from .io import atomic_write_text
+
+    results = json.loads(Path(results_path).read_text())
+    fig = out.with_suffix(".png")
+    goals_figure(results, fig)
+    # the page that includes this file sits one folder up: figure paths are relative to it
+    atomic_write_text(out, page_markdown(results, runs_dir, figure=f"{out.parent.name}/{fig.name}"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -456,12 +629,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: the cores are shared)")
     p.add_argument("--reps", type=int, default=None, help="timed repetitions per measurement")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--page", metavar="OUT.md", help="only write the benchmarks page's tables from --out and --runs")
+    p.add_argument("--runs", default="runs/organism", help="with --page: the run whose stage times to show")
     args = p.parse_args(argv)
+    if args.page:
+        write_page(Path(args.out), Path(args.runs), Path(args.page))
+        return 0
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     quick = args.quick
     reps = args.reps or (2 if quick else 7)
+    reps_sweep = 1 if quick else 2
     t_start = time.perf_counter()
     results: dict[str, Any] = {"machine": machine_info(), "args": vars(args), "goals": GOALS}
 
@@ -505,7 +684,25 @@ def main(argv: list[str] | None = None) -> int:
     bat["model"] = name
     results["batching"] = bat
 
-    # ---- 4. data-parallel logging
+    # ---- 4. the full sweep, cached + batched vs one condition at a time without caching
+    print("sweep (audio cached + batched vs uncached one at a time) ...", flush=True)
+    sweep: dict[str, Any] = {"sweep": "4 emotions x 3 selectors x 5 alphas steering + baseline",
+                             "goal": GOALS["sweep_speedup"], "models": {}}
+    if org is not None:
+        sw_items = org_df.groupby("label").head(n_items // 4).reset_index(drop=True)
+        sweep["models"]["organism"] = sweep_speedup(org, sw_items, batch_size=16, max_rows=32, reps=reps_sweep)
+        wide_audio = Organism(model=wide.model, tokenizer=wide.tokenizer, feature_extractor=wide.feature_extractor,
+                              labels=wide.labels, card=wide.card)
+        sweep["models"]["wide_random"] = sweep_speedup(wide_audio, sw_items, batch_size=16, max_rows=32, reps=1)
+        # the headline is the book's own subject; the wide decoder's figure sits next to it, with its bound
+        sweep["speedup"] = sweep["models"]["organism"]["speedup"]
+        sweep["identical"] = all(m["identical"] for m in sweep["models"].values())
+        sweep["max_abs_logit_diff"] = max(m["max_abs_logit_diff"] for m in sweep["models"].values())
+    else:
+        sweep["note"] = org_note
+    results["sweep"] = sweep
+
+    # ---- 5. data-parallel logging
     print("sharded logging (2 gloo processes vs 1) ...", flush=True)
     results["sharded"] = sharded_logging(2)
 

@@ -568,11 +568,15 @@ def run_conditions(subject: Subject, df: pd.DataFrame, conditions: Sequence[Cond
 
 
 def run_conditions_sequential(subject: Subject, df: pd.DataFrame, conditions: Sequence[Condition], *,
-                              batch_size: int = 32, positions: str = "all", progress: bool = True) -> np.ndarray:
+                              batch_size: int = 32, positions: str = "all", reuse_inputs: bool = True,
+                              progress: bool = True) -> np.ndarray:
     """Same result as :func:`run_conditions`, one forward pass per (condition, batch of items).
 
-    The inputs of a batch are built once and reused by every condition (so a comparison with the batched runner
-    measures forward passes, not input preparation); identity conditions are run like any other.
+    With ``reuse_inputs`` the inputs of a batch (for the organism: cached audio through the projector) are built
+    once and reused by every condition, so a comparison with the batched runner measures forward passes; without
+    it each condition builds them again -- with a subject that caches nothing, the whole model (audio tower
+    included) runs once per condition, the reference of ``make bench``'s sweep. Identity conditions are run like
+    any other.
     """
     conds = list(conditions)
     shape = gate_shape(subject.model)
@@ -586,6 +590,8 @@ def run_conditions_sequential(subject: Subject, df: pd.DataFrame, conditions: Se
         inputs = subject.batch_inputs(rows)
         pos = _positions_for(subject, inputs, positions)
         for j, c in enumerate(conds):
+            if j and not reuse_inputs:
+                inputs = subject.batch_inputs(rows)
             out[j, start : start + len(rows)] = _forward(subject, inputs, c.scale_for(idx), c.add_for(idx), pos,
                                                          [c.name])
     return out

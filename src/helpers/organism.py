@@ -310,8 +310,10 @@ class AudioCache:
     alive.
     """
 
-    def __init__(self, max_items: int = 6000) -> None:
+    def __init__(self, max_items: int = 6000, enabled: bool = True) -> None:
+        """``enabled=False`` keeps nothing: every read runs the tower (the uncached reference of ``make bench``)."""
         self.max_items = max_items
+        self.enabled = enabled
         self._store: OrderedDict[str, torch.Tensor] = OrderedDict()
         self.hits = 0
         self.misses = 0
@@ -406,6 +408,8 @@ class Organism:
     @torch.no_grad()
     def clip_encodings(self, paths: Sequence[str]) -> torch.Tensor:
         """``[B, n_audio, d_tower]`` outputs of the frozen tower, through the cache."""
+        if not self.cache.enabled:
+            return encoder_outputs(self.model, self.features(load_waves(paths)))
         todo = [p for p in dict.fromkeys(paths) if self.cache.get(p) is None]
         if todo:
             enc = encoder_outputs(self.model, self.features(load_waves(todo)))

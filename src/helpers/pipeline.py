@@ -416,6 +416,7 @@ def execute_stage(stage: str, config_path: str | Path, overrides: Mapping[str, A
         kernel_log = tempfile.TemporaryFile()  # noqa: SIM115 - handed to the kernel process, closed below
         extra = {} if log_output else {"kernel_manager_class": _kernel_manager(kernel_log)}
         try:
+            t0 = time.perf_counter()
             with _env(STAGING_ENV, spec), _env("HF_HUB_OFFLINE", os.environ.get("HF_HUB_OFFLINE", "1")):
                 pm.execute_notebook(nb, str(out_nb), parameters=params, cwd=str(ROOT), kernel_name="python3",
                                     log_output=log_output, progress_bar=False, **extra)
@@ -430,6 +431,7 @@ def execute_stage(stage: str, config_path: str | Path, overrides: Mapping[str, A
         finally:
             pm_logger.removeFilter(quiet)
             kernel_log.close()
+        record["seconds"] = round(time.perf_counter() - t0, 1)  # kernel start to last cell (the timing table)
         atomic_write_text(tmp / STAGE_RECORD, json.dumps(record, indent=2, sort_keys=True) + "\n")
         _commit(tmp, target, token)
     import yaml

@@ -232,6 +232,10 @@ class ActivationStats:
         return cls(labels=json.loads(metadata["labels"]), meta=json.loads(metadata.get("meta", "{}")), **tensors)
 
 
+#: The five running sums of :class:`StatsAccumulator` (and fields of :class:`ActivationStats`).
+SUM_NAMES: tuple[str, ...] = ("tokens", "items", "active", "total", "total_sq")
+
+
 class StatsAccumulator:
     """Streams batches of gate activations into :class:`ActivationStats` without keeping them.
 
@@ -342,6 +346,13 @@ class StatsAccumulator:
         known does ``keep`` (e.g. "answered correctly") decide which rows count. Equivalent to :meth:`update` with
         the mask of dropped rows cleared, without holding every layer's raw activations until the logits exist.
         """
+        self.add(self.contribution(layer_rows, n_tokens, class_idx, keep))
+
+    def contribution(self, layer_rows: Sequence[torch.Tensor], n_tokens: torch.Tensor, class_idx: torch.Tensor,
+                     keep: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """One batch's terms of the five sums (``tokens``, ``items``, ``active``, ``total``, ``total_sq``),
+        without adding them: :meth:`update_rows` is ``add(contribution(...))``. A data-parallel run exchanges
+        these terms and adds them in the one-process order, so its float64 sums are bit-for-bit the same."""
         if len(layer_rows) != self.n_layers:
             raise ValueError(f"got row sums for {len(layer_rows)} layers, expected {self.n_layers}")
         class_idx = torch.as_tensor(class_idx).long()
@@ -349,17 +360,25 @@ class StatsAccumulator:
         keep = torch.ones_like(class_idx, dtype=torch.bool) if keep is None else torch.as_tensor(keep).bool()
         keep = keep & (n_tokens > 0)
         onehot = torch.nn.functional.one_hot(class_idx, self.n_classes).to(torch.float64) * keep[:, None]  # [B, C]
-        self.items += onehot.sum(dim=0).to(self.device)
-        self.tokens += (n_tokens[:, None] * onehot).sum(dim=0).to(self.device)
+        shape = (self.n_layers, self.n_neurons, self.n_classes)
+        out = {"items": onehot.sum(dim=0).to(self.device),
+               "tokens": (n_tokens[:, None] * onehot).sum(dim=0).to(self.device),
+               **{k: torch.zeros(shape, dtype=torch.float64, device=self.device) for k in ("active", "total",
+                                                                                           "total_sq")}}
         for layer, rows in enumerate(layer_rows):
             if tuple(rows.shape) != (3, class_idx.shape[0], self.n_neurons):
                 raise ValueError(f"layer {layer} row sums have shape {tuple(rows.shape)}, expected "
                                  f"(3, {class_idx.shape[0]}, {self.n_neurons})")
             w = onehot.to(rows.device).T  # [C, B]
             r = rows.to(torch.float64)
-            self.active[layer] += (w @ r[0]).T.to(self.device)
-            self.total[layer] += (w @ r[1]).T.to(self.device)
-            self.total_sq[layer] += (w @ r[2]).T.to(self.device)
+            for k, name in enumerate(("active", "total", "total_sq")):
+                out[name][layer] = (w @ r[k]).T.to(self.device)
+        return out
+
+    def add(self, terms: dict[str, torch.Tensor]) -> None:
+        """Add one batch's :meth:`contribution` to the running sums."""
+        for name in SUM_NAMES:
+            getattr(self, name).add_(terms[name].to(self.device))
 
     def result(self, meta: dict | None = None) -> ActivationStats:
         """The statistics so far, on the CPU (the accumulator stays usable)."""
