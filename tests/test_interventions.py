@@ -522,3 +522,24 @@ def test_log_resampled_stats_with_unit_weights_is_the_log_stage(subject, df):
                                progress=False)
     assert len(reps) == 3 and all(r.items.sum() == len(items) for r in reps)
     assert not torch.equal(reps[0].total, reps[1].total)
+
+
+def test_cached_batched_sweep_equals_the_uncached_one_condition_at_a_time(organism, small_corpora):
+    """The audio tower's output is computed once per item and shared by every condition; the reference runs
+    the whole model from the waveform for each condition. Same logits, and the reference really did not cache."""
+    import dataclasses
+
+    from helpers import corpus
+    from helpers.interventions import deactivate, identity, run_conditions, run_conditions_sequential, steer
+    from helpers.organism import AudioCache
+
+    df = corpus.load(small_corpora["A"], split="evaluate").head(6)
+    pairs = torch.tensor([[0, 1], [1, 5], [4, 9]])
+    conds = [identity(), deactivate(pairs, 6, 512), steer(pairs, 6, 512, 3.0)]
+    plain = dataclasses.replace(organism, cache=AudioCache(enabled=False))
+    cached = dataclasses.replace(organism, cache=AudioCache())
+    ref = run_conditions_sequential(plain, df, conds, batch_size=4, reuse_inputs=False, progress=False)
+    new = run_conditions(cached, df, conds, batch_size=4, max_rows=8, progress=False)
+    assert len(plain.cache) == 0 and cached.cache.misses == len(df)
+    np.testing.assert_allclose(new, ref, atol=1e-5, rtol=0)
+    assert not np.allclose(ref[0], ref[2])
