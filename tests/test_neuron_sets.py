@@ -81,3 +81,12 @@ def test_sets_file_keeps_its_meta(tmp_path):
     assert torch.equal(load_sets(path)["mad"]["happy"], sets["mad"]["happy"])
     with pytest.raises(FileNotFoundError, match="02_selectors"):
         load_meta(tmp_path / "missing.json")
+
+
+def test_all_gates_is_every_neuron_once_per_label():
+    from helpers.neuron_sets import all_gates, as_mask
+
+    sets = all_gates(["a", "b"], 3, 5)
+    assert sorted(sets) == ["a", "b"]
+    for pairs in sets.values():
+        assert pairs.shape == (15, 2) and bool(as_mask(pairs, 3, 5).all())

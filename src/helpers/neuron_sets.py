@@ -120,6 +120,14 @@ def selection_masks(selection: Mapping[str, Any], n_layers: int, n_neurons: int,
 
 
 # ---------------------------------------------------------------------------------------- random controls
+def all_gates(labels: Sequence[str], n_layers: int, n_neurons: int) -> dict[str, torch.Tensor]:
+    """Every gate neuron of every layer, as each label's set: the ceiling of what any gate edit can do (chapter
+    04 steers it to ask whether the gates are a sufficient handle on the answer at all)."""
+    layer, neuron = torch.meshgrid(torch.arange(n_layers), torch.arange(n_neurons), indexing="ij")
+    pairs = torch.stack((layer.reshape(-1), neuron.reshape(-1)), 1)
+    return {str(lbl): pairs.clone() for lbl in labels}
+
+
 def stable_seed(*parts: object) -> int:
     """A 63-bit seed from any printable parts, stable across processes and Python versions (sha256, not
     ``hash()``, which is salted per process for strings)."""
