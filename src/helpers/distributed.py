@@ -51,9 +51,12 @@ def n_rounds(n_items: int, batch_size: int, world: int) -> int:
 
 
 def _all_gather(t: torch.Tensor) -> list[torch.Tensor]:
+    """Every rank's ``t``, in rank order, on the CPU (NCCL exchanges only CUDA tensors: moved there and back)."""
+    dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else t.device
+    t = t.to(dev).contiguous()
     out = [torch.empty_like(t) for _ in range(process_group()[1])]
-    dist.all_gather(out, t.contiguous())
-    return out
+    dist.all_gather(out, t)
+    return [o.cpu() for o in out]
 
 
 def _gather_objects(obj):
