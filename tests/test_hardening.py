@@ -276,7 +276,8 @@ def test_stage_replaces_its_folder_in_one_step_and_records_its_parameters(fake_n
     assert "Passed unknown parameter" not in err
     stage = rdir / "01_logging"
     assert {p.name for p in stage.iterdir()} == {"01_logging.ipynb", "items.csv", "metrics.json", "partial.txt",
-                                                 "stage.json"}
+                                                 "stage.json", "timing.json"}
+    assert json.loads((stage / "timing.json").read_text())["seconds"] > 0
     rec = json.loads((stage / "stage.json").read_text())
     assert rec["params"]["labels"] == ["a", "b"] and rec["params_sha256"] == C.params_hash(rec["params"])
     nb = json.loads((stage / "01_logging.ipynb").read_text())
@@ -286,8 +287,9 @@ def test_stage_replaces_its_folder_in_one_step_and_records_its_parameters(fake_n
     rc, err = run_main(["run", "01_logging", "--config", str(fake_config), "-p", "run_dir", str(rdir)], capsys)
     assert rc == 0, err
     again = snapshot(stage)
-    volatile = "01_logging.ipynb"  # the executed notebook holds timings; every artifact is byte-identical
-    assert {k: v for k, v in first.items() if k != volatile} == {k: v for k, v in again.items() if k != volatile}
+    volatile = {"01_logging.ipynb", "timing.json"}  # these hold timings; every artifact is byte-identical
+    assert {k: v for k, v in first.items() if k not in volatile} == {k: v for k, v in again.items()
+                                                                     if k not in volatile}
     assert not scratch(rdir)
 
 
@@ -710,7 +712,7 @@ def test_stats_files_are_byte_identical_across_saves_and_processes(tmp_path):
 
 def test_benchmarks_page_holds_each_measure_against_its_goal(tmp_path):
     """The generated benchmarks tables: a missed goal reads **no**, a met one yes; stage times come from
-    stage.json records."""
+    timing.json files."""
     from helpers.bench import goal_rows, page_markdown
 
     results = {"machine": {"date": "d", "cpu_count": 2, "torch_threads": 1}, "total_seconds": 5.0,
@@ -723,7 +725,7 @@ def test_benchmarks_page_holds_each_measure_against_its_goal(tmp_path):
     rows = {r[0]: r for r in goal_rows(results)}
     assert [r[3] for r in rows.values()] == [False, True, True]
     (tmp_path / "01_logging").mkdir()
-    (tmp_path / "01_logging" / "stage.json").write_text('{"seconds": 30.0, "params": {}}')
+    (tmp_path / "01_logging" / "timing.json").write_text('{"seconds": 30.0}')
     page = page_markdown(results, tmp_path)
     assert "| 1.3 | <= 1.15 | **no** |" in page and "| 4 | >= 3 | yes |" in page
     assert "| 01_logging | 30 | 100% |" in page

@@ -550,11 +550,10 @@ def goal_rows(results: dict[str, Any]) -> list[tuple[str, float, float, bool, st
 
 
 def stage_times(runs_dir: Path) -> list[tuple[str, float | None]]:
-    """(stage, seconds) from each stage folder's ``stage.json`` (written by the pipeline when it ran)."""
+    """(stage, seconds) from each stage folder's ``timing.json`` (written by the pipeline when it ran)."""
     out = []
-    for rec_path in sorted(Path(runs_dir).glob("*/stage.json")):
-        rec = json.loads(rec_path.read_text())
-        out.append((rec_path.parent.name, rec.get("seconds")))
+    for path in sorted(Path(runs_dir).glob("*/timing.json")):
+        out.append((path.parent.name, json.loads(path.read_text()).get("seconds")))
     return out
 
 
@@ -583,7 +582,7 @@ def page_markdown(results: dict[str, Any], runs_dir: Path, figure: str | None = 
     times = stage_times(runs_dir)
     if times:
         total = sum(t for _, t in times if t)
-        lines += ["", f"**Stages of this build** (kernel start to last cell, from each stage's `stage.json`; "
+        lines += ["", f"**Stages of this build** (kernel start to last cell, from each stage's `timing.json`; "
                   f"{total:.0f} s in all):", "", _row(["stage", "seconds", "share"]), _row(["---", "---:", "---:"])]
         for stage, t in times:
             lines.append(_row([stage, f"{t:.0f}" if t else "?", f"{t / total:.0%}" if t and total else "?"]))
