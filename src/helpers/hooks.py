@@ -277,8 +277,9 @@ def apply_gate_edit(
     """The edit rule for one layer, as a pure function of tensors.
 
     ``gate`` [B, T, N]; ``scale``/``add`` [B|1, 1, N]; ``positions`` [B|1, T, 1] bool; ``source`` [B|1, T, N] with
-    neuron selection ``select`` [B|1, 1, N] bool. First the selected neurons are *patched* to ``source``, then
-    ``gate * scale + add`` is applied; both only at ``positions`` (all positions when None).
+    neuron selection ``select`` [B|1, 1, N] bool (every neuron when None). First the selected neurons are
+    *patched* to ``source``, then ``gate * scale + add`` is applied; both only at ``positions`` (all positions when
+    None).
     """
     if positions is not None and positions.shape[1] != gate.shape[1]:
         raise ValueError(
@@ -289,6 +290,8 @@ def apply_gate_edit(
     if source is not None:
         if source.shape[1] != gate.shape[1] or source.shape[2] != gate.shape[2]:
             raise ValueError(f"patch source has shape {tuple(source.shape)} but the gate is {tuple(gate.shape)}")
+        if select is None:  # no neuron selection: patch every neuron, as run_with_gate_edits does without patch_mask
+            select = torch.ones(1, 1, gate.shape[2], dtype=torch.bool, device=gate.device)
         sel = select if positions is None else select & positions
         new = torch.where(sel, source.to(gate.dtype), new)
     if scale is not None or add is not None:
