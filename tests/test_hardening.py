@@ -98,8 +98,9 @@ FAKE_02 = _nb("fake select", '''
     labels = ["a", "b"]
     seed = 0
 ''', '''
+    import json
     from helpers import io
-    m = io.read_metrics(io.stage_dir(run_dir, "01_logging"))
+    m = json.loads((io.stage_dir(run_dir, "01_logging") / "metrics.json").read_text())
     out = io.stage_dir(run_dir, "02_selectors")
     io.write_metrics(out, {"from_01": m["labels"], "labels": labels})
 ''')
@@ -108,8 +109,9 @@ FAKE_03 = _nb("fake deactivate", '''
     labels = ["a", "b"]
     seed = 0
 ''', '''
+    import json
     from helpers import io
-    m = io.read_metrics(io.stage_dir(run_dir, "02_selectors"))
+    m = json.loads((io.stage_dir(run_dir, "02_selectors") / "metrics.json").read_text())
     io.write_metrics(io.stage_dir(run_dir, "03_deactivation"), {"n": len(m["labels"])})
 ''')
 

@@ -111,10 +111,6 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return _atomic(Path(path), lambda p: p.write_text(text))
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    return _atomic(Path(path), lambda p: p.write_bytes(data))
-
-
 def atomic_save(path: str | Path, save: Callable[[Path], None]) -> Path:
     """Call ``save(tmp_path)`` (e.g. ``df.to_parquet``, ``fig.savefig``) and rename the result into place."""
     return _atomic(Path(path), save)
@@ -143,15 +139,6 @@ def write_metrics(stage_dir: str | Path, metrics: Mapping[str, Any]) -> Path:
     """Write a stage's headline numbers to ``metrics.json`` (non-finite floats become null)."""
     text = json.dumps(_jsonable(dict(metrics)), indent=2, sort_keys=True)
     return atomic_write_text(Path(stage_dir) / "metrics.json", text + "\n")
-
-
-def read_metrics(stage_dir: str | Path) -> dict[str, Any]:
-    path = Path(stage_dir) / "metrics.json"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} does not exist: run the stage that writes it first (make run NB={Path(stage_dir).name} ...)"
-        )
-    return json.loads(path.read_text())
 
 
 def _staging() -> dict[str, str] | None:

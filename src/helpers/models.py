@@ -173,11 +173,6 @@ def gate_paths(model: Any) -> list[str]:
     return [names[id(m)] for m in gate_modules(model)]
 
 
-def layer_devices(model: Any) -> list[torch.device]:
-    """Device of each decoder MLP (layers may sit on different GPUs under ``device_map="auto"``)."""
-    return [layer.mlp.gate_proj.weight.device for layer in decoder_layers(model)]
-
-
 def check_swiglu(model: Any, inputs: Mapping[str, torch.Tensor], layer: int = 0, atol: float = 1e-4) -> None:
     """Numerically confirm ``down_proj`` input == ``act_fn(gate) * up_proj(x)`` in one layer.
 
@@ -412,16 +407,6 @@ class Adapter:
     uses_conversation: bool = False  # processor takes audio only through apply_chat_template (Voxtral)
     loader_kwargs: dict[str, Any] = field(default_factory=dict)
 
-    # ---- structure -------------------------------------------------------------------------------------------
-    def forward_model(self, model: Any) -> nn.Module:
-        return forward_model(model)
-
-    def language_model(self, model: Any) -> nn.Module:
-        return find_language_model(model)
-
-    def gate_modules(self, model: Any) -> list[nn.Module]:
-        return gate_modules(model)
-
     # ---- loading ---------------------------------------------------------------------------------------------
     def load(
         self,
@@ -493,18 +478,6 @@ class Adapter:
             item.update(audio)
         conv.append({"role": "user", "content": [item, {"type": "text", "text": user_text}]})
         return conv
-
-    def mc_prompt(self, question: str, options: Sequence[str], *, seed: int = 0, item_id: Any = 0, **kw: Any):
-        """Multiple-choice chat prompt: ``(prompt_text, MCPrompt)``; letters shuffled per item (seeded)."""
-        mc = multiple_choice_prompt(question, options, seed=seed, item_id=item_id, **kw)
-        return self.prompt_text(mc.text), mc
-
-    def label_prompt(self, question: str, labels: Sequence[str], **kw: Any) -> str:
-        """Label-word chat prompt (answers scored by their first token)."""
-        return self.prompt_text(label_word_prompt(question, labels, **kw))
-
-    def score(self, logits_last: torch.Tensor, candidate_token_ids: torch.Tensor) -> torch.Tensor:
-        return score(logits_last, candidate_token_ids)
 
     def prepare_inputs(
         self,
@@ -652,13 +625,3 @@ def get_adapter(name_or_model: Any) -> Adapter:
             return adapter
     gate_modules(module)  # raises UnsupportedModelError when the structure search fails
     return ADAPTERS["generic"]
-
-
-def load_model(
-    model_id_or_path: str | os.PathLike,
-    family: str | None = None,
-    **kwargs: Any,
-) -> tuple[nn.Module, Adapter]:
-    """Pick the adapter (by ``family`` or from the id/path) and load the model with it."""
-    adapter = get_adapter(family or model_id_or_path)
-    return adapter.load(model_id_or_path, **kwargs), adapter
