@@ -84,6 +84,7 @@ test: $(STAMP) $(MATHJAX) browser
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests
+	$(BIN)/mypy src
 
 bench: $(STAMP) $(CORPUS)
 	$(PYTHON) -m helpers.bench --out bench/results.json

@@ -6,7 +6,7 @@ pass (through the gate-edit hook path when an edit is requested) and reads the a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import numpy as np
 import pandas as pd
@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from .subject import Subject
 
 
-def label_indices(labels_col: Sequence[str], labels: Sequence[str]) -> np.ndarray:
+def label_indices(labels_col: Collection[str], labels: Sequence[str]) -> np.ndarray:
     """Map label names to indices, refusing labels the model was not asked about."""
     index = {lbl: i for i, lbl in enumerate(labels)}
     unknown = sorted(set(labels_col) - set(index))

@@ -29,7 +29,7 @@ import nnsight
 import torch
 from torch import nn
 
-from .models import decoder_layers, forward_model, gate_modules, gate_shape
+from .models import decoder_mlps, forward_model, gate_modules, gate_shape
 
 LogitsMode = Literal["all", "last", "none"]
 Reduce = Callable[[int, torch.Tensor], Any]
@@ -328,10 +328,10 @@ def _plan(
     if mask_t is not None and not patches:
         raise ValueError("`patch_mask` given without `patch` source activations")
 
-    layers = decoder_layers(model)
+    mlps = decoder_mlps(model)
     plan: list[tuple[int, dict[str, torch.Tensor | None]]] = []
     for i in range(n_layers):
-        w = layers[i].mlp.gate_proj.weight
+        w: torch.Tensor = mlps[i].gate_proj.weight
         dev, dt = w.device, (w.dtype if w.dtype.is_floating_point else torch.float32)
         s = scale_t[:, i] if scale_t is not None and not bool((scale_t[:, i] == 1).all()) else None
         a = add_t[:, i] if add_t is not None and bool((add_t[:, i] != 0).any()) else None

@@ -80,9 +80,13 @@ _Loader.add_implicit_resolver(
     ),
     list("-+0123456789."),
 )
-_Loader.add_constructor(
-    "tag:yaml.org,2002:int", lambda loader, node: int(loader.construct_scalar(node).replace("_", ""))
-)
+
+
+def _yaml_int(loader: _Loader, node: yaml.ScalarNode) -> int:
+    return int(loader.construct_scalar(node).replace("_", ""))
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _yaml_int)
 
 
 def yaml_load(text: str) -> Any:
@@ -90,7 +94,7 @@ def yaml_load(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
 
 
-def _atomic(path: Path, write: Callable[[Path], None]) -> Path:
+def _atomic(path: Path, write: Callable[[Path], object]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # keep the real extension last: writers such as savefig or to_parquet infer the format from it
@@ -111,7 +115,7 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return _atomic(Path(path), lambda p: p.write_text(text))
 
 
-def atomic_save(path: str | Path, save: Callable[[Path], None]) -> Path:
+def atomic_save(path: str | Path, save: Callable[[Path], object]) -> Path:
     """Call ``save(tmp_path)`` (e.g. ``df.to_parquet``, ``fig.savefig``) and rename the result into place."""
     return _atomic(Path(path), save)
 

@@ -21,7 +21,7 @@ import math
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import pandas as pd
@@ -64,11 +64,14 @@ def _as_int_array(x: Any, name: str) -> np.ndarray:
 
 def _n_classes(n_classes: int | None, labels: Sequence[str] | None) -> int:
     """Number of classes from ``n_classes`` or ``labels``; both may be given but must agree."""
-    if n_classes is None and labels is None:
-        raise ValueError("give n_classes or labels so the number of classes is known.")
     if n_classes is not None and labels is not None and int(n_classes) != len(labels):
         raise ValueError(f"n_classes={n_classes} disagrees with {len(labels)} labels {list(labels)}.")
-    k = int(n_classes) if n_classes is not None else len(labels)  # type: ignore[arg-type]
+    if n_classes is not None:
+        k = int(n_classes)
+    elif labels is not None:
+        k = len(labels)
+    else:
+        raise ValueError("give n_classes or labels so the number of classes is known.")
     if k < 1:
         raise ValueError(f"n_classes must be >= 1, got {k}.")
     return k
@@ -763,7 +766,7 @@ def summarise_gaps(
     averaged first so that every emotion weighs the same in the selector's mean.
     """
     if isinstance(records, pd.DataFrame):
-        recs: list[Mapping[str, Any]] = records.to_dict("records")
+        recs = cast(list[Mapping[str, Any]], records.to_dict("records"))  # column names are str
     else:
         recs = list(records)
     rows = []
