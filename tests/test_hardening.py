@@ -708,3 +708,28 @@ def test_stats_files_are_byte_identical_across_saves_and_processes(tmp_path):
     back = ActivationStats.load(tmp_path / "p.safetensors")
     assert back.labels == ["neutral", "happy"] and back.meta == stats.meta
     torch.testing.assert_close(back.total, stats.total)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The project folder, from a checkout or an installed package
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_project_root_is_found_from_the_working_directory_or_the_package(tmp_path, monkeypatch):
+    from helpers import io, report
+
+    project = tmp_path / "book"
+    (project / "notebooks" / "deep").mkdir(parents=True)
+    for name in io.PROJECT_MARKERS:
+        (project / name).write_text("")
+    assert io.project_root(project / "notebooks" / "deep") == project.resolve()
+    assert io.project_root(ROOT / "tests") == ROOT  # the checkout, as the editable install saw it
+    # an installed package (site-packages, no checkout above it) run from inside a checkout finds the checkout
+    monkeypatch.setattr(io, "_PACKAGE_DIR", tmp_path / "site-packages" / "helpers")
+    monkeypatch.chdir(project / "notebooks")
+    assert io.project_root() == project.resolve()
+    # ... and from outside one says how to fix it; the version stamp then shows no commit instead of failing
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(io.ProjectRootNotFoundError, match=r"_config.yml and pyproject.toml.*cd into it.*pip install"):
+        io.project_root()
+    assert report._git_commit() == "unknown"

@@ -43,6 +43,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .io import project_root
 from .organism import (
     EMOTIONS,
     Organism,
@@ -54,7 +55,7 @@ from .organism import (
 )
 from .subject import Batch
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = project_root()  # the checkout (from the working directory), not this file's location
 ORGANISM_DIR = ROOT / "models" / "organism"
 CORPUS_A = ROOT / "data" / "corpus" / "A"
 

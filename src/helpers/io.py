@@ -33,6 +33,35 @@ class ConfigError(ValueError):
     """A configuration value is missing or malformed; the message names the key and the fix."""
 
 
+#: The files that mark the book's project folder (the root of a checkout).
+PROJECT_MARKERS: tuple[str, ...] = ("_config.yml", "pyproject.toml")
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+class ProjectRootNotFoundError(FileNotFoundError):
+    """No folder holding :data:`PROJECT_MARKERS` above the working directory or the installed package."""
+
+
+def project_root(start: str | Path | None = None) -> Path:
+    """The book's project folder (a checkout's root: models/, data/, configs/, the git history).
+
+    The nearest folder at or above ``start`` (default: the working directory) that holds ``_config.yml`` and
+    ``pyproject.toml``; failing that, the one above this package's own files, which is the checkout an editable
+    install points into. So it works from a checkout and from an installed (non-editable) package alike, as
+    long as the command runs inside the checkout.
+    """
+    origin = Path(start) if start is not None else Path.cwd()
+    for base in (origin.resolve(), _PACKAGE_DIR):
+        for folder in (base, *base.parents):
+            if all((folder / name).is_file() for name in PROJECT_MARKERS):
+                return folder
+    raise ProjectRootNotFoundError(
+        f"no ESN companion checkout (a folder holding {' and '.join(PROJECT_MARKERS)}) at or above {origin} or "
+        f"{_PACKAGE_DIR}: run this from inside the checkout (cd into it), or install the helpers from it with "
+        "`pip install -e .`"
+    )
+
+
 #: Set by :mod:`helpers.pipeline` while a stage runs: ``{"run_dir": ..., "stage": ..., "dir": ...}``. The stage's
 #: :func:`stage_dir` is then that fresh folder, which replaces ``<run_dir>/<stage>`` in one rename on success.
 STAGING_ENV = "ESN_STAGE_STAGING"
