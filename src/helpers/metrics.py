@@ -200,9 +200,7 @@ def effects(
     if k < 2:
         raise ValueError("effects need at least two classes: the cross effect averages over the non-target ones.")
     t = _target_index(target, k, labels)
-    yt = _as_int_array(y_true, "y_true")
-    yb, yi = _as_int_array(y_base, "y_base"), _as_int_array(y_int, "y_int")
-    _check_same_length(y_true=yt, y_base=yb, y_int=yi)
+    yt, yb, yi = _outcome_arrays(y_true, y_base, y_int)
     delta = recall_per_class(yt, yi, k, labels=labels) - recall_per_class(yt, yb, k, labels=labels)
     se, ce = _se_ce(delta, t)
     return Effects(
@@ -250,9 +248,7 @@ def flip_rate(
     everywhere): a degenerate but legitimate outcome, unlike an empty class.
     """
     k = _n_classes(n_classes, labels) if (n_classes is not None or labels is not None) else None
-    yt = _as_int_array(y_true, "y_true")
-    yb, yi = _as_int_array(y_base, "y_base"), _as_int_array(y_int, "y_int")
-    _check_same_length(y_true=yt, y_base=yb, y_int=yi)
+    yt, yb, yi = _outcome_arrays(y_true, y_base, y_int)
     if k is None:
         if isinstance(target, str):
             raise ValueError(f"target {target!r} is a label name; pass labels to map it to an index.")
@@ -511,9 +507,7 @@ def bootstrap_effects(
     if k < 2:
         raise ValueError("effects need at least two classes: the cross effect averages over the non-target ones.")
     t = _target_index(target, k, labels)
-    yt = _as_int_array(y_true, "y_true")
-    yb, yi = _as_int_array(y_base, "y_base"), _as_int_array(y_int, "y_int")
-    _check_same_length(y_true=yt, y_base=yb, y_int=yi)
+    yt, yb, yi = _outcome_arrays(y_true, y_base, y_int)
     _check_true(yt, k)
     _require_all_classes(np.bincount(yt, minlength=k), labels)
     eligible, flipped = _flip_masks(yt, yb, yi, t, among)
