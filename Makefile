@@ -34,7 +34,7 @@ help:
 	@echo "make test    run the test suite (installs what is missing)"
 	@echo "make run NB=<stage> CONFIG=<file> [PARAMS='-p name value ...']   re-execute one stage"
 	@echo "make organism   retrain the model organism;  make corpus  regenerate the corpora"
-	@echo "make bench   benchmarks -> bench/results.json;  make clean"
+	@echo "make bench   benchmarks -> bench/results.json;  make lint  ruff + mypy;  make clean"
 
 install: $(STAMP)
 $(STAMP): pyproject.toml
@@ -94,6 +94,7 @@ test: $(STAMP) $(MATHJAX) browser
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests
+	$(BIN)/mypy src
 
 bench: $(STAMP) $(CORPUS)
 	$(PYTHON) -m helpers.bench --out bench/results.json

@@ -23,15 +23,25 @@ def small_corpora(tmp_path_factory) -> dict[str, Path]:
     return {name: root / name for name in ("A", "B")}
 
 
+def _torch_threads(n: int):
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny matmuls are slower with several threads on a busy shared CPU (use via pytest.mark.usefixtures)."""
-    import torch
+    yield from _torch_threads(1)
 
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+
+@pytest.fixture(scope="module")
+def two_threads():
+    """Two torch threads for the module (the Whisper encoder tests: real-size matmuls, a shared CPU)."""
+    yield from _torch_threads(2)
 
 
 @pytest.fixture(scope="session")

@@ -12,12 +12,20 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from tiny_models import AUDIO_ID, MAX_SOURCE_POSITIONS, N_MELS, TEXT_HI, TEXT_LO, build_tiny  # noqa: E402
+from tiny_models import (  # noqa: E402
+    AUDIO_ID,
+    MAX_SOURCE_POSITIONS,
+    N_MELS,
+    TEXT_HI,
+    TEXT_LO,
+    TinySubject,
+    build_tiny,
+)
 
 from helpers import grounding as G  # noqa: E402
 from helpers.hooks import run_with_gate_edits, trace_gates  # noqa: E402
 from helpers.models import gate_shape  # noqa: E402
-from helpers.subject import Batch, candidate_logits  # noqa: E402
+from helpers.subject import Batch  # noqa: E402
 
 LABELS = ("neutral", "happy", "angry", "sad")
 N_FRAMES = 2 * MAX_SOURCE_POSITIONS
@@ -28,7 +36,7 @@ N_TEXT = 4
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-class FakeSubject:
+class FakeSubject(TinySubject):
     """A Subject over the tiny Qwen2-Audio: ``path`` "a<k>" seeds the audio features, ``text`` "t<k>" seeds 4 text
     tokens. Layout ``[p0, p1, audio x 8, text x 4, answer]`` (audio first) or with text and audio swapped."""
 
@@ -61,20 +69,9 @@ class FakeSubject:
         })
 
     def _batch(self, inputs: dict[str, torch.Tensor]) -> Batch:
-        input_ids = inputs["input_ids"]
-        audio = input_ids == AUDIO_ID
-        text = torch.zeros_like(audio)
+        text = torch.zeros_like(inputs["input_ids"], dtype=torch.bool)
         text[:, self.text_slice] = True
-        last = torch.zeros_like(audio)
-        last[:, -1] = True
-        masks = {"all": torch.ones_like(audio), "audio": audio, "text": text, "last": last}
-        return Batch(inputs=inputs, candidates=self.label_ids.expand(len(input_ids), -1).clone(), masks=masks)
-
-    def position_masks(self, batch: Batch) -> dict[str, torch.Tensor]:
-        return batch.masks
-
-    def label_logits(self, batch: Batch, logits: torch.Tensor) -> torch.Tensor:
-        return candidate_logits(logits, batch)
+        return self.make_batch(inputs, text)
 
 
 @pytest.fixture(scope="module")
@@ -168,10 +165,15 @@ def _rows(df: pd.DataFrame, n: int = 3) -> tuple[pd.DataFrame, pd.DataFrame]:
     return G.pair_rows(df.iloc[:n])
 
 
+def _pair_batches(subject, pairs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, Batch, Batch]:
+    """The first pairs' base and counterfactual rows, and their batches."""
+    base, cf = _rows(pairs)
+    return base, cf, subject.batch_inputs(base), subject.batch_inputs(cf)
+
+
 def test_trace_patched_matches_run_with_gate_edits(subject):
     model = subject.model
-    base, cf = _rows(G.audio_pairs(corpus_table()))
-    b_batch, c_batch = subject.batch_inputs(base), subject.batch_inputs(cf)
+    base, cf, b_batch, c_batch = _pair_batches(subject, G.audio_pairs(corpus_table()))
     b_in, c_in = b_batch.inputs, c_batch.inputs
     _, src = trace_gates(model, c_in, logits="none")
     L, N = gate_shape(model)
@@ -200,8 +202,7 @@ def test_patching_a_run_into_itself_changes_nothing(subject, what):
 
 def test_full_gate_patch_reproduces_counterfactual_gates_not_logits(subject):
     model = subject.model
-    base, cf = _rows(G.audio_pairs(corpus_table()))
-    b_batch, c_batch = subject.batch_inputs(base), subject.batch_inputs(cf)
+    base, cf, b_batch, c_batch = _pair_batches(subject, G.audio_pairs(corpus_table()))
     b_in, c_in = b_batch.inputs, c_batch.inputs
     cf_logits, cf_gates = trace_gates(model, c_in, logits="last")
     everywhere = torch.ones_like(b_in["input_ids"], dtype=torch.bool)
@@ -224,8 +225,7 @@ def test_full_gate_patch_reproduces_counterfactual_gates_not_logits(subject):
 
 def test_full_residual_patch_reproduces_counterfactual(subject):
     model = subject.model
-    base, cf = _rows(G.audio_pairs(corpus_table()))
-    b_batch, c_batch = subject.batch_inputs(base), subject.batch_inputs(cf)
+    base, cf, b_batch, c_batch = _pair_batches(subject, G.audio_pairs(corpus_table()))
     b_in, c_in = b_batch.inputs, c_batch.inputs
     cf_logits, cf_gates = trace_gates(model, c_in, logits="last")
     _, _, hidden = G.trace_patched(model, c_in, read_residual=[0])
@@ -241,8 +241,7 @@ def test_full_residual_patch_reproduces_counterfactual(subject):
 
 def test_patching_text_positions_of_layer0_edits_only_text_positions(subject):
     model = subject.model
-    base, cf = _rows(G.text_pairs(corpus_table()))
-    b_batch, c_batch = subject.batch_inputs(base), subject.batch_inputs(cf)
+    base, cf, b_batch, c_batch = _pair_batches(subject, G.text_pairs(corpus_table()))
     b_in, c_in = b_batch.inputs, c_batch.inputs
     _, b_gates = trace_gates(model, b_in, logits="none")
     _, c_gates = trace_gates(model, c_in, logits="none")

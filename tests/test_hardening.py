@@ -98,8 +98,9 @@ FAKE_02 = _nb("fake select", '''
     labels = ["a", "b"]
     seed = 0
 ''', '''
+    import json
     from helpers import io
-    m = io.read_metrics(io.stage_dir(run_dir, "01_logging"))
+    m = json.loads((io.stage_dir(run_dir, "01_logging") / "metrics.json").read_text())
     out = io.stage_dir(run_dir, "02_selectors")
     io.write_metrics(out, {"from_01": m["labels"], "labels": labels})
 ''')
@@ -108,8 +109,9 @@ FAKE_03 = _nb("fake deactivate", '''
     labels = ["a", "b"]
     seed = 0
 ''', '''
+    import json
     from helpers import io
-    m = io.read_metrics(io.stage_dir(run_dir, "02_selectors"))
+    m = json.loads((io.stage_dir(run_dir, "02_selectors") / "metrics.json").read_text())
     io.write_metrics(io.stage_dir(run_dir, "03_deactivation"), {"n": len(m["labels"])})
 ''')
 
@@ -729,3 +731,28 @@ def test_benchmarks_page_holds_each_measure_against_its_goal(tmp_path):
     page = page_markdown(results, tmp_path)
     assert "| 1.3 | <= 1.15 | **no** |" in page and "| 4 | >= 3 | yes |" in page
     assert "| 01_logging | 30 | 100% |" in page
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The project folder, from a checkout or an installed package
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_project_root_is_found_from_the_working_directory_or_the_package(tmp_path, monkeypatch):
+    from helpers import io, report
+
+    project = tmp_path / "book"
+    (project / "notebooks" / "deep").mkdir(parents=True)
+    for name in io.PROJECT_MARKERS:
+        (project / name).write_text("")
+    assert io.project_root(project / "notebooks" / "deep") == project.resolve()
+    assert io.project_root(ROOT / "tests") == ROOT  # the checkout, as the editable install saw it
+    # an installed package (site-packages, no checkout above it) run from inside a checkout finds the checkout
+    monkeypatch.setattr(io, "_PACKAGE_DIR", tmp_path / "site-packages" / "helpers")
+    monkeypatch.chdir(project / "notebooks")
+    assert io.project_root() == project.resolve()
+    # ... and from outside one says how to fix it; the version stamp then shows no commit instead of failing
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(io.ProjectRootNotFoundError, match=r"_config.yml and pyproject.toml.*cd into it.*pip install"):
+        io.project_root()
+    assert report._git_commit() == "unknown"

@@ -218,6 +218,19 @@ def test_patch_from_another_run(tiny):
     torch.testing.assert_close(seen["gate"][0][..., 1], 2.0 * gates_a[0][..., 1])
 
 
+def test_apply_gate_edit_patches_every_neuron_without_select():
+    """``source`` without ``select`` patches every neuron (it used to fail inside torch.where on ``None``)."""
+    gen = torch.Generator().manual_seed(0)
+    gate, source = torch.randn(2, 3, 4, generator=gen), torch.randn(1, 3, 4, generator=gen)
+    torch.testing.assert_close(H.apply_gate_edit(gate, source=source), source.expand(2, 3, 4), rtol=0, atol=0)
+    positions = torch.tensor([[True], [False], [True]])[None]  # [1, T, 1]
+    out = H.apply_gate_edit(gate, source=source, positions=positions)
+    torch.testing.assert_close(out[:, 1], gate[:, 1], rtol=0, atol=0)
+    torch.testing.assert_close(out[:, [0, 2]], source[:, [0, 2]].expand(2, 2, 4), rtol=0, atol=0)
+    every = torch.ones(1, 1, 4, dtype=torch.bool)
+    torch.testing.assert_close(out, H.apply_gate_edit(gate, source=source, positions=positions, select=every))
+
+
 def test_edit_validation_errors(tiny):
     model = tiny["qwen2-audio"]
     inputs = tiny_inputs("qwen2-audio", model, batch=2)

@@ -12,7 +12,7 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from tiny_models import AUDIO_ID, build_tiny, tiny_inputs  # noqa: E402
+from tiny_models import AUDIO_ID, TinySubject, build_tiny, tiny_inputs  # noqa: E402
 
 from helpers import interventions as I  # noqa: E402
 from helpers import metrics as M  # noqa: E402
@@ -20,7 +20,7 @@ from helpers.hooks import NonFiniteEditError  # noqa: E402
 from helpers.models import gate_modules, gate_shape  # noqa: E402
 from helpers.neuron_sets import as_mask  # noqa: E402
 from helpers.stats import ActivationStats  # noqa: E402
-from helpers.subject import Batch, candidate_logits  # noqa: E402
+from helpers.subject import Batch  # noqa: E402
 
 LABELS = ("neutral", "happy", "angry", "sad")
 LABEL_TOKENS = (11, 22, 33, 44)
@@ -30,7 +30,7 @@ N_ITEMS = 8
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-class FakeSubject:
+class FakeSubject(TinySubject):
     """A Subject over precomputed tiny inputs: ``batch_inputs`` slices rows by the table's ``idx`` column (left
     padded, so the answer position is the last one)."""
 
@@ -38,24 +38,13 @@ class FakeSubject:
         self.model = model
         self.labels = tuple(labels)
         self._inputs = inputs
-        self._ids = torch.tensor(LABEL_TOKENS[: len(labels)])
+        self.label_ids = torch.tensor(LABEL_TOKENS[: len(labels)])
         self.calls = 0
 
     def batch_inputs(self, rows: pd.DataFrame) -> Batch:
         self.calls += 1
         idx = torch.tensor(rows["idx"].to_numpy())
-        inputs = {k: v[idx] for k, v in self._inputs.items()}
-        audio = inputs["input_ids"] == AUDIO_ID
-        last = torch.zeros_like(audio)
-        last[:, -1] = True
-        masks = {"all": torch.ones_like(audio), "audio": audio, "text": ~audio, "last": last}
-        return Batch(inputs=inputs, candidates=self._ids.expand(len(idx), -1).clone(), masks=masks)
-
-    def label_logits(self, batch: Batch, logits: torch.Tensor) -> torch.Tensor:
-        return candidate_logits(logits, batch)
-
-    def position_masks(self, batch: Batch) -> dict[str, torch.Tensor]:
-        return batch.masks
+        return self.make_batch({k: v[idx] for k, v in self._inputs.items()})
 
 
 @pytest.fixture(scope="module")

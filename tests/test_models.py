@@ -263,14 +263,11 @@ def test_multiple_choice_shuffle_is_seeded_per_item():
         assert f"{a.letter_of(opt)}. {opt}" in a.text
     fixed = M.multiple_choice_prompt("Q", opts, shuffle=False)
     assert fixed.options == tuple(opts) and fixed.text.splitlines()[1] == "A. angry"
-    text, mc = M.get_adapter("qwen2-audio").mc_prompt("Q", opts, seed=1, item_id=2)
-    assert mc.text in text and "<|AUDIO|>" in text
 
 
 def test_label_prompt():
     text = M.label_word_prompt("How does the speaker feel?", ["angry", "sad"])
     assert text == "How does the speaker feel? Answer with one word from: angry, sad."
-    assert text in M.get_adapter("audio-flamingo-3").label_prompt("How does the speaker feel?", ["angry", "sad"])
 
 
 def test_score_is_log_softmax_gather():
@@ -281,7 +278,6 @@ def test_score_is_log_softmax_gather():
     torch.testing.assert_close(out, torch.log_softmax(logits, -1)[:, cand])
     per_row = torch.tensor([[1, 2], [3, 4], [5, 6]])
     torch.testing.assert_close(M.score(logits, per_row), torch.log_softmax(logits, -1).gather(-1, per_row))
-    assert M.get_adapter("voxtral").score(logits, cand).shape == (3, 3)
     with pytest.raises(ValueError, match=r"\[B, V\]"):
         M.score(logits[None], cand)
     with pytest.raises(ValueError, match="vocabulary"):

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 from fixtures_datasets import (
+    make_all,
     make_crema_d,
     make_iemocap,
     make_meld,
@@ -46,14 +47,7 @@ from helpers.speech_datasets import (
 @pytest.fixture(scope="module")
 def corpora(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Written once per module and only read by tests (tests that modify a tree build their own)."""
-    base = tmp_path_factory.mktemp("corpora")
-    return {
-        "iemocap": make_iemocap(base / "iemocap"),
-        "meld": make_meld(base / "meld"),
-        "msp_podcast": make_msp_podcast(base / "msp"),
-        "crema_d": make_crema_d(base / "crema"),
-        "ravdess": make_ravdess(base / "ravdess"),
-    }
+    return make_all(tmp_path_factory.mktemp("corpora"))
 
 
 def counts(series: pd.Series) -> dict[str, int]:

@@ -18,12 +18,7 @@ from helpers import whisper_encoder as we
 ctranslate2 = pytest.importorskip("ctranslate2", reason="dev extra: pip install ctranslate2==4.8.5")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def two_threads():
-    n = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("two_threads")
 
 
 @pytest.fixture(scope="module")

@@ -327,3 +327,31 @@ def build_tiny_text_lm(seed: int = 0) -> torch.nn.Module:
 
     torch.manual_seed(seed)
     return _finish(Qwen2ForCausalLM(Qwen2Config(**_text_config(None))))
+
+
+class TinySubject:
+    """What the tests' Subjects over a tiny model share (subclasses set ``model``, ``labels``, ``label_ids`` and
+    build the inputs): each label's answer token ``label_ids[k]`` is read at the last position (constrained
+    scoring), and a batch's masks come from its token ids (audio = the audio placeholders)."""
+
+    labels: tuple[str, ...]
+    label_ids: torch.Tensor
+
+    def make_batch(self, inputs: dict[str, torch.Tensor], text: torch.Tensor | None = None):
+        """A :class:`helpers.subject.Batch` of ``inputs``; ``text`` marks the text positions (default: not audio)."""
+        from helpers.subject import Batch
+
+        ids = inputs["input_ids"]
+        audio = ids == AUDIO_ID
+        last = torch.zeros_like(audio)
+        last[:, -1] = True
+        masks = {"all": torch.ones_like(audio), "audio": audio, "text": ~audio if text is None else text, "last": last}
+        return Batch(inputs=inputs, candidates=self.label_ids.expand(len(ids), -1).clone(), masks=masks)
+
+    def label_logits(self, batch, logits: torch.Tensor) -> torch.Tensor:
+        from helpers.subject import candidate_logits
+
+        return candidate_logits(logits, batch)
+
+    def position_masks(self, batch) -> dict[str, torch.Tensor]:
+        return batch.masks

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol, cast
 
 import numpy as np
 import pandas as pd
@@ -63,9 +64,12 @@ def gate_batches(org: Subject, df: pd.DataFrame, *, positions: str = "last", bat
                      disable=not progress, mininterval=2.0):
         batch = org.batch_inputs(rows)
         mask = org.position_masks(batch)[positions]
-        logits, sums = trace_gates(org.model, batch.inputs, reduce=lambda _i, g, m=mask: row_sums(g, m),
-                                   logits="last")
-        pred = org.label_logits(batch, logits).argmax(-1).cpu()
+
+        def reduce(_i: int, g: torch.Tensor, m: torch.Tensor = mask) -> torch.Tensor:
+            return row_sums(g, m)
+
+        logits, sums = trace_gates(org.model, batch.inputs, reduce=reduce, logits="last")
+        pred = org.label_logits(batch, cast(torch.Tensor, logits)).argmax(-1).cpu()  # logits="last": a tensor
         yield GateBatch(offset, rows, sums, mask.sum(1), pred, torch.from_numpy(y_all[offset : offset + len(rows)]))
         offset += len(rows)
 
@@ -143,7 +147,14 @@ def layer_profile(stats: ActivationStats) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def one_item_gates(org: Subject, row: pd.DataFrame) -> tuple[np.ndarray, Sequence[str]]:
+class _TokenizedSubject(Subject, Protocol):
+    """A subject with a tokenizer (the organism and :class:`~helpers.subjects.AdapterSubject` both have one)."""
+
+    @property
+    def tokenizer(self) -> Any: ...
+
+
+def one_item_gates(org: _TokenizedSubject, row: pd.DataFrame) -> tuple[np.ndarray, Sequence[str]]:
     """Raw gate values of one item, [L, T, N], with the token strings — only for showing what is hooked."""
     batch = org.batch_inputs(row.head(1))
     _, gates = trace_gates(org.model, batch.inputs, logits="none")

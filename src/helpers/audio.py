@@ -45,15 +45,18 @@ def _describe(source: str | os.PathLike[str] | Mapping[str, Any]) -> str:
 
 def _open_target(source: str | os.PathLike[str] | Mapping[str, Any]) -> str | io.BytesIO:
     """Accept a path or an undecoded ``datasets`` audio dict ``{"path": ..., "bytes": ...}``."""
+    location: str | os.PathLike[str]
     if isinstance(source, Mapping):
         data = source.get("bytes")
         if data:
             return io.BytesIO(data)
-        path = source.get("path")
-        if not path:
+        given = source.get("path")
+        if not given:
             raise AudioLoadError("audio dict has neither 'bytes' nor 'path'; expected datasets' Audio(decode=False).")
-        source = path
-    path = Path(source)
+        location = given
+    else:
+        location = source
+    path = Path(location)
     if not path.is_file():
         raise FileNotFoundError(
             f"audio file not found: {path}. Check the dataset root (paths in the table are absolute or relative "

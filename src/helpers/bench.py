@@ -43,12 +43,13 @@ import time
 import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
 import torch
 
+from .io import project_root
 from .organism import (
     EMOTIONS,
     AudioCache,
@@ -61,11 +62,12 @@ from .organism import (
 )
 from .subject import Batch
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = project_root()  # the checkout (from the working directory), not this file's location
 ORGANISM_DIR = ROOT / "models" / "organism"
 CORPUS_A = ROOT / "data" / "corpus" / "A"
 
-WIDE = {"hidden_size": 512, "decoder_layers": 8, "intermediate_size": 1536, "decoder_heads": 8, "decoder_kv_heads": 4}
+WIDE: dict[str, Any] = {"hidden_size": 512, "decoder_layers": 8, "intermediate_size": 1536, "decoder_heads": 8,
+                        "decoder_kv_heads": 4}
 GOALS = {"logging_overhead_ratio": 1.15, "batching_speedup": 3.0, "sweep_speedup": 3.0}
 
 
@@ -82,7 +84,8 @@ class SyntheticOrganism(Organism):
     def batch_inputs(self, rows: pd.DataFrame) -> Batch:
         items = rows["item"].tolist()
         ids, cand = self.encode(["someone is talking"] * len(rows), items)
-        hidden = int(self.model.config.text_config.hidden_size)
+        config: Any = self.model.config  # a transformers Qwen2AudioConfig
+        hidden = int(config.text_config.hidden_size)
         emb = torch.stack([torch.randn(self.n_audio, hidden, generator=torch.Generator().manual_seed(int(i)))
                            for i in items])
         with torch.no_grad():
@@ -158,7 +161,8 @@ def model_info(subject: Organism) -> dict[str, Any]:
     from .models import gate_shape
 
     L, N = gate_shape(subject.model)
-    text = subject.model.config.text_config
+    config: Any = subject.model.config  # a transformers Qwen2AudioConfig
+    text = config.text_config
     return {"decoder_layers": L, "intermediate": N, "hidden": int(text.hidden_size),
             "parameters": int(sum(p.numel() for p in subject.model.parameters()))}
 
@@ -203,12 +207,15 @@ def logging_overhead(subject: Organism, df: pd.DataFrame, *, batch_size: int, re
     def trace_only() -> None:
         for inp in inputs:
             logits, _ = trace_gates(model, inp.inputs, reduce=lambda _i, g: None, logits="last")
-            subject.label_logits(inp, logits).argmax(-1)
+            subject.label_logits(inp, cast(torch.Tensor, logits)).argmax(-1)
 
     def log() -> None:
         for inp, mask, y in zip(inputs, masks, ys, strict=True):
-            logits, sums = trace_gates(model, inp.inputs, reduce=lambda _i, g, m=mask: row_sums(g, m), logits="last")
-            pred = subject.label_logits(inp, logits).argmax(-1).cpu()
+            def reduce(_i: int, g: torch.Tensor, m: torch.Tensor = mask) -> torch.Tensor:
+                return row_sums(g, m)
+
+            logits, sums = trace_gates(model, inp.inputs, reduce=reduce, logits="last")
+            pred = subject.label_logits(inp, cast(torch.Tensor, logits)).argmax(-1).cpu()
             acc.update_rows(sums, mask.sum(1), y, pred == y)
 
     variants = {"plain": plain, "trace_only": trace_only, "log": log}
@@ -256,7 +263,7 @@ class _RssSampler:
         try:
             import psutil
 
-            self._proc = psutil.Process()
+            self._proc: psutil.Process | None = psutil.Process()
         except ImportError:  # pragma: no cover - psutil ships with jupyter
             self._proc = None
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -363,8 +370,10 @@ def batching_speedup(subject: Organism, df: pd.DataFrame, *, settings: list[tupl
     out: dict[str, Any] = {"items": len(df), "conditions": len(conds),
                            "sweep": "4 emotions x 3 selectors x 5 alphas steering + baseline", "settings": []}
     for batch_size, max_rows in settings:
-        t_seq, t_bat = [], []
-        seq = bat = None
+        t_seq: list[float] = []
+        t_bat: list[float] = []
+        seq: np.ndarray | None = None
+        bat: np.ndarray | None = None
         for r in range(reps):
             def run_seq(bs=batch_size):
                 return run_conditions_sequential(subject, df, conds, batch_size=bs, progress=False)
@@ -381,6 +390,7 @@ def batching_speedup(subject: Organism, df: pd.DataFrame, *, settings: list[tupl
                     seq = res
                 else:
                     bat = res
+        assert seq is not None and bat is not None, "reps must be >= 1"
         np.testing.assert_allclose(bat, seq, rtol=1e-4, atol=1e-4,
                                    err_msg="batched and sequential runs disagree: the batched runner is wrong")
         rows = min(max_rows // batch_size, len(conds) - 1) * batch_size if max_rows >= batch_size else batch_size
@@ -658,7 +668,7 @@ def main(argv: list[str] | None = None) -> int:
     # ---- 1. logging overhead
     print("logging overhead ...", flush=True)
     lo: dict[str, Any] = {}
-    if org is not None:
+    if org is not None and org_df is not None:  # organism_subject gives both or neither
         lo["organism"] = logging_overhead(org, org_df, batch_size=16, reps=reps)
     else:
         lo["organism"] = {"note": org_note}
@@ -677,7 +687,7 @@ def main(argv: list[str] | None = None) -> int:
     print("batching ...", flush=True)
     n_items = 8 if quick else 16
     subj, items, name = (org, org_df.groupby("label").head(n_items // 4).reset_index(drop=True), "organism") \
-        if org is not None else (shaped, synthetic_items(n_items), "organism_shaped_random")
+        if org is not None and org_df is not None else (shaped, synthetic_items(n_items), "organism_shaped_random")
     settings = [(16, 32), (16, 64), (4, 32), (1, 32)] if not quick else [(8, 32), (1, 32)]
     bat = batching_speedup(subj, items, settings=settings, reps=1)
     bat["model"] = name
@@ -687,7 +697,7 @@ def main(argv: list[str] | None = None) -> int:
     print("sweep (audio cached + batched vs uncached one at a time) ...", flush=True)
     sweep: dict[str, Any] = {"sweep": "4 emotions x 3 selectors x 5 alphas steering + baseline",
                              "goal": GOALS["sweep_speedup"], "models": {}}
-    if org is not None:
+    if org is not None and org_df is not None:
         sw_items = org_df.groupby("label").head(n_items // 4).reset_index(drop=True)
         sweep["models"]["organism"] = sweep_speedup(org, sw_items, batch_size=16, max_rows=32, reps=reps_sweep)
         wide_audio = Organism(model=wide.model, tokenizer=wide.tokenizer, feature_extractor=wide.feature_extractor,

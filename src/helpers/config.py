@@ -29,7 +29,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     AfterValidator,
@@ -43,6 +43,7 @@ from pydantic import (
     ValidationError,
     create_model,
 )
+from pydantic.fields import FieldInfo
 
 from .io import STAGES, ConfigError
 
@@ -72,11 +73,17 @@ __all__ = [
 
 # Allowed values, kept here so validating a config imports neither torch nor the model code; tests check that they
 # equal helpers.activation_log.POSITION_KINDS, helpers.selectors.METHODS, helpers.subjects.PROMPT_STYLES, ...
-POSITION_KINDS: tuple[str, ...] = ("all", "audio", "text", "last")
-SELECTOR_METHODS: tuple[str, ...] = ("lap", "lape", "mad", "cas", "aape", "random")
-PROMPT_STYLES: tuple[str, ...] = ("multiple_choice", "label_words")
-SPLITS: tuple[str, ...] = ("train", "identify", "evaluate")
-DTYPES: tuple[str, ...] = ("auto", "float32", "fp32", "float16", "fp16", "bfloat16", "bf16")
+# (written as Literal types, which the schema below uses and a type checker can read, and as tuples of the same values)
+PositionKind = Literal["all", "audio", "text", "last"]
+SelectorMethod = Literal["lap", "lape", "mad", "cas", "aape", "random"]
+PromptStyle = Literal["multiple_choice", "label_words"]
+Split = Literal["train", "identify", "evaluate"]
+DType = Literal["auto", "float32", "fp32", "float16", "fp16", "bfloat16", "bf16"]
+POSITION_KINDS: tuple[str, ...] = get_args(PositionKind)
+SELECTOR_METHODS: tuple[str, ...] = get_args(SelectorMethod)
+PROMPT_STYLES: tuple[str, ...] = get_args(PromptStyle)
+SPLITS: tuple[str, ...] = get_args(Split)
+DTYPES: tuple[str, ...] = get_args(DType)
 
 #: Every config key :func:`helpers.subjects.load_subject` and :func:`helpers.subjects.load_items` read; a stage
 #: that calls ``config_params(globals())`` receives those present in the config without naming them itself.
@@ -135,7 +142,7 @@ Unit = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
 #: Steering strengths: gates are scaled by (1 + alpha); beyond +-1000 float activations overflow.
 Strength = Annotated[float, Field(ge=-1000, le=1000, allow_inf_nan=False)]
 Name = Annotated[StrictStr, Field(pattern=_NAME), AfterValidator(_no_double_dot)]
-Selector = Literal[SELECTOR_METHODS]  # type: ignore[valid-type]
+Selector = SelectorMethod
 Labels = Annotated[list[Name], Field(min_length=2), AfterValidator(_distinct)]
 DatasetEntry = StrictStr | dict[StrictStr, JsonValue]
 Datasets = Annotated[dict[Name, DatasetEntry], Field(min_length=1)]
@@ -149,6 +156,12 @@ def _key(description: str, example: str, *, lineage: str | None = None) -> Any:
     """A :class:`Config` field: ``description`` and ``example`` feed the error messages; ``lineage`` says how the
     value must agree between a stage and the stages whose outputs it reads ("equal", "subset"; None: need not)."""
     return Field(None, description=description, json_schema_extra={"example": example, "lineage": lineage})
+
+
+def _schema_extra(field: FieldInfo | None) -> dict[str, Any]:
+    """A field's ``json_schema_extra`` (``example``, ``lineage``), ``{}`` for a key without one."""
+    extra = field.json_schema_extra if field is not None else None
+    return extra if isinstance(extra, dict) else {}
 
 
 class Config(BaseModel):
@@ -173,13 +186,12 @@ class Config(BaseModel):
                                          "trust_remote_code: false")
     allow_hub: StrictBool = _key("let transformers / datasets download from the Hugging Face Hub",
                                  "allow_hub: false")
-    dtype: Literal[DTYPES] = _key("weights and audio-feature dtype", "dtype: bfloat16",  # type: ignore[valid-type]
-                                  lineage="equal")
+    dtype: DType = _key("weights and audio-feature dtype", "dtype: bfloat16", lineage="equal")
     device: StrictStr | None = _key("torch device for the whole model", "device: cuda")
     device_map: StrictStr | dict[StrictStr, JsonValue] | None = _key(
         "transformers device_map ('auto' spreads layers over GPUs)", "device_map: null")
-    prompt_style: Literal[PROMPT_STYLES] = _key("how the answer is asked for",  # type: ignore[valid-type]
-                                                "prompt_style: multiple_choice", lineage="equal")
+    prompt_style: PromptStyle = _key("how the answer is asked for", "prompt_style: multiple_choice",
+                                     lineage="equal")
     question: NonEmpty = _key("the question put to the model", "question: What emotion does the speaker express?",
                               lineage="equal")
     system_prompt: StrictStr | None = _key("system prompt (null: the family's default)", "system_prompt: null",
@@ -193,16 +205,14 @@ class Config(BaseModel):
     dataset: Name = _key("the dataset neurons are identified and evaluated on (one of `datasets`)", "dataset: A")
     labels: Labels = _key("the emotions, in order (at least two)", "labels: [neutral, happy, angry, sad]",
                           lineage="equal")
-    split: Literal[SPLITS] = _key("which split of the items a stage uses",  # type: ignore[valid-type]
-                                  "split: evaluate")
+    split: Split = _key("which split of the items a stage uses", "split: evaluate")
     batch_size: Int1 = _key("items per forward pass", "batch_size: 64")
     limit_per_class: Int0 = _key("> 0: at most this many items per emotion (quick runs); 0: all",
                                  "limit_per_class: 50")
     eval_limit: Int0 = _key("> 0: evaluate on only this many items per corpus", "eval_limit: 0")
     max_pairs: Int0 = _key("> 0: at most this many audio and text pairs (chapter 06)", "max_pairs: 400")
     # --- logging
-    positions: Literal[POSITION_KINDS] = _key("token positions counted when logging",  # type: ignore[valid-type]
-                                              "positions: last", lineage="equal")
+    positions: PositionKind = _key("token positions counted when logging", "positions: last", lineage="equal")
     only_correct: StrictBool = _key("log only items the model answers correctly", "only_correct: true",
                                     lineage="equal")
     # --- identification
@@ -496,8 +506,8 @@ def _format(exc: ValidationError, origin: Mapping[str, str], model: type[BaseMod
         loc = _clean_loc(err["loc"])
         key = loc[0] if loc else "?"
         field = model.model_fields.get(key)
-        extra = (field.json_schema_extra or {}) if field is not None else {}
-        example = str(extra.get("example", f"{key}: ..."))  # type: ignore[union-attr]
+        extra = _schema_extra(field)
+        example = str(extra.get("example", f"{key}: ..."))
         desc = (field.description if field is not None else None) or ""
         path = key + "".join(f"[{x}]" for x in loc[1:])
         where = origin.get(key, "config")
@@ -635,9 +645,7 @@ def params_hash(params: Mapping[str, Any]) -> str:
 
 
 def _lineage_rule(key: str) -> str | None:
-    field = Config.model_fields.get(key)
-    extra = (field.json_schema_extra or {}) if field is not None else {}
-    return extra.get("lineage")  # type: ignore[union-attr,return-value]
+    return _schema_extra(Config.model_fields.get(key)).get("lineage")
 
 
 def lineage_mismatches(current: Mapping[str, Any], upstream: Mapping[str, Any]) -> list[str]:
@@ -654,6 +662,7 @@ def lineage_mismatches(current: Mapping[str, Any], upstream: Mapping[str, Any]) 
         if rule == "equal" and cur != up:
             out.append(f"{key}: {up!r} there, {cur!r} here")
         elif rule == "subset":
+            bad: Any
             if isinstance(cur, dict) and isinstance(up, dict):
                 bad = {k: v for k, v in cur.items() if up.get(k, object()) != v}
             elif isinstance(cur, list) and isinstance(up, list):
@@ -677,14 +686,14 @@ def describe(notebooks: str | Path) -> list[dict[str, Any]]:
     rows = []
     for key in sorted(known_keys(infos)):
         field = model.model_fields.get(key)
-        extra = (field.json_schema_extra or {}) if field is not None else {}
+        extra = _schema_extra(field)
         readers = [s for s, i in infos.items() if key in i.reads] or ["pipeline"]
         rows.append({
             "key": key,
             "type": str(field.annotation) if field is not None else "any",
             "stages": readers,
             "description": (field.description if field is not None else None) or "(notebook parameter)",
-            "example": extra.get("example"),  # type: ignore[union-attr]
-            "lineage": extra.get("lineage"),  # type: ignore[union-attr]
+            "example": extra.get("example"),
+            "lineage": extra.get("lineage"),
         })  # fmt: skip
     return rows

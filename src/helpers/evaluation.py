@@ -6,7 +6,7 @@ pass (through the gate-edit hook path when an edit is requested) and reads the a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import numpy as np
 import pandas as pd
@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from .subject import Subject
 
 
-def label_indices(labels_col: Sequence[str], labels: Sequence[str]) -> np.ndarray:
+def label_indices(labels_col: Collection[str], labels: Sequence[str]) -> np.ndarray:
     """Map label names to indices, refusing labels the model was not asked about."""
     index = {lbl: i for i, lbl in enumerate(labels)}
     unknown = sorted(set(labels_col) - set(index))
@@ -67,23 +67,3 @@ def confusion(labels_col: Sequence[str], pred: np.ndarray, labels: Sequence[str]
     m = m / np.maximum(m.sum(1, keepdims=True), 1)
     return pd.DataFrame(m, index=pd.Index(labels, name="true"), columns=pd.Index(labels, name="predicted"))
 
-
-def context_follow_rates(df: pd.DataFrame, pred: np.ndarray, labels: Sequence[str]) -> pd.DataFrame:
-    """Per context kind: accuracy, and how often the answer follows the audio vs the text's emotion."""
-    y = label_indices(df["label"], labels)
-    index = {lbl: i for i, lbl in enumerate(labels)}
-    ctx = np.array([index.get(c, -1) for c in df["context_label"]])
-    pred = np.asarray(pred)
-    rows = []
-    for kind in ("none", "congruent", "conflict"):
-        sel = (df["context"] == kind).to_numpy()
-        if not sel.any():
-            continue
-        rows.append({
-            "context": kind,
-            "items": int(sel.sum()),
-            "accuracy": float((pred[sel] == y[sel]).mean()),
-            "follows_audio": float((pred[sel] == y[sel]).mean()),
-            "follows_text": float((pred[sel] == ctx[sel]).mean()) if kind != "none" else float("nan"),
-        })
-    return pd.DataFrame(rows)

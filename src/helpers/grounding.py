@@ -49,15 +49,16 @@ import dataclasses
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import nnsight
 import numpy as np
 import pandas as pd
 import torch
+from torch import nn
 
 from .hooks import LogitsMode, Reduce, _envoys, _plan, apply_gate_edit, run_with_gate_edits, select_logits, trace_gates
-from .models import decoder_layers, forward_model, gate_shape
+from .models import decoder_layers, decoder_mlps, forward_model, gate_shape
 from .neuron_sets import as_mask, random_sets, stable_seed
 from .subject import Batch, Subject
 
@@ -293,13 +294,14 @@ def trace_patched(
     envoys, plan, root = _plan(model, inputs, None, scale, add, positions, patch, patch_mask)
     edits = dict(plan)
     layers = list(decoder_layers(model))
+    mlps = decoder_mlps(model)
     n_layers = len(layers)
     res_plan: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
     for layer, src in (residual or {}).items():
         layer = int(layer)
         if not 0 <= layer < n_layers:
             raise ValueError(f"residual patch for layer {layer} but the model has {n_layers} layers")
-        dev = layers[layer].mlp.gate_proj.weight.device
+        dev: torch.device = mlps[layer].gate_proj.weight.device
         pos = None
         if residual_positions is not None:
             p = torch.as_tensor(residual_positions)
@@ -592,7 +594,7 @@ def patch_run(
 
         # before: the target run as it is
         lg, outs = trace_gates(model, target, reduce=readout, logits="last")
-        acc["lb"].append(subject.label_logits(tgt, lg).float().cpu())
+        acc["lb"].append(subject.label_logits(tgt, cast(torch.Tensor, lg)).float().cpu())  # logits="last"
         acc["ab"].append(_Readout.collect(outs, batch))
 
         if what == "gates":
@@ -613,9 +615,9 @@ def patch_run(
             lg_after, after, _ = trace_patched(
                 model, target, residual=hidden, residual_positions=pos, reduce=readout, logits="last"
             )
-        acc["ls"].append(subject.label_logits(src, lg).float().cpu())
+        acc["ls"].append(subject.label_logits(src, cast(torch.Tensor, lg)).float().cpu())
         acc["as"].append(_Readout.collect(src_read, batch))
-        acc["la"].append(subject.label_logits(tgt, lg_after).float().cpu())
+        acc["la"].append(subject.label_logits(tgt, cast(torch.Tensor, lg_after)).float().cpu())
         acc["aa"].append(_Readout.collect(after, batch))
 
     def cat_acts(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -694,8 +696,10 @@ def _thresholds(thresholds: GroundingThresholds | None, audio_min: float | None,
                 ) -> GroundingThresholds:
     th = thresholds or GroundingThresholds()
     if audio_min is not None or text_max is not None:
-        th = dataclasses.replace(th, **({"audio_min": audio_min} if audio_min is not None else {}),
-                                 **({"text_max": text_max} if text_max is not None else {}))
+        changes: dict[str, Any] = {"audio_min": audio_min} if audio_min is not None else {}
+        if text_max is not None:
+            changes["text_max"] = text_max
+        th = dataclasses.replace(th, **changes)
     return th
 
 
@@ -1081,7 +1085,7 @@ def conflict_analysis(
         for c in conds:
             scale = None if c == baseline else (~masks[c]).float()[None]
             lg = run_with_gate_edits(model, batch.inputs, scale=scale, logits="last")
-            p = torch.softmax(subject.label_logits(batch, lg).float(), -1).cpu().numpy()
+            p = torch.softmax(subject.label_logits(batch, cast(torch.Tensor, lg)).float(), -1).cpu().numpy()
             preds[c].append(p.argmax(-1))
             probs[c].append(p)
     pred = {c: np.concatenate(preds[c]) for c in conds}
@@ -1126,7 +1130,7 @@ def conflict_analysis(
 def _mlp_inputs(subject: Subject, rows: pd.DataFrame, layer: int, batch_size: int) -> torch.Tensor:
     """The input of decoder layer ``layer``'s MLP at each item's answer position, [n_items, hidden] (float32)."""
     model = subject.model
-    mlp = decoder_layers(model)[layer].mlp
+    mlp = decoder_mlps(model)[layer]
     seen: list[torch.Tensor] = []
     handle = mlp.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach()))
     out = []
@@ -1209,9 +1213,10 @@ def known_answer_table(subject: Subject, audio_pairs: pd.DataFrame, text_pairs: 
     rng = np.random.default_rng(stable_seed(seed, "known-answer"))
     kinds = ["text", "audio", *[f"random:{i}" for i in range(int(n_random))]]
     dirs = {"text": _reader_direction(d_t, d_a, reg), "audio": _reader_direction(d_a, d_t, reg)}
-    dirs.update({k: rng.standard_normal(every.shape[1]) for k in kinds[2:]})
-    mlp = decoder_layers(model)[layer].mlp
-    gate_w, down_w = mlp.gate_proj.weight, mlp.down_proj.weight
+    dirs.update({k: rng.standard_normal(int(every.shape[1])) for k in kinds[2:]})
+    mlp = decoder_mlps(model)[layer]
+    gate_w: nn.Parameter = mlp.gate_proj.weight
+    down_w: nn.Parameter = mlp.down_proj.weight
     if gain is None:
         gain = float(np.median((every @ gate_w.detach().double().cpu().numpy().T).std(0)))
     saved_gate, saved_down = gate_w.data[planted].clone(), down_w.data[:, planted].clone()

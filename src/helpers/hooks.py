@@ -29,7 +29,7 @@ import nnsight
 import torch
 from torch import nn
 
-from .models import decoder_layers, forward_model, gate_modules, gate_shape
+from .models import decoder_mlps, forward_model, gate_modules, gate_shape
 
 LogitsMode = Literal["all", "last", "none"]
 Reduce = Callable[[int, torch.Tensor], Any]
@@ -277,8 +277,9 @@ def apply_gate_edit(
     """The edit rule for one layer, as a pure function of tensors.
 
     ``gate`` [B, T, N]; ``scale``/``add`` [B|1, 1, N]; ``positions`` [B|1, T, 1] bool; ``source`` [B|1, T, N] with
-    neuron selection ``select`` [B|1, 1, N] bool. First the selected neurons are *patched* to ``source``, then
-    ``gate * scale + add`` is applied; both only at ``positions`` (all positions when None).
+    neuron selection ``select`` [B|1, 1, N] bool (every neuron when None). First the selected neurons are
+    *patched* to ``source``, then ``gate * scale + add`` is applied; both only at ``positions`` (all positions when
+    None).
     """
     if positions is not None and positions.shape[1] != gate.shape[1]:
         raise ValueError(
@@ -289,6 +290,8 @@ def apply_gate_edit(
     if source is not None:
         if source.shape[1] != gate.shape[1] or source.shape[2] != gate.shape[2]:
             raise ValueError(f"patch source has shape {tuple(source.shape)} but the gate is {tuple(gate.shape)}")
+        if select is None:  # no neuron selection: patch every neuron, as run_with_gate_edits does without patch_mask
+            select = torch.ones(1, 1, gate.shape[2], dtype=torch.bool, device=gate.device)
         sel = select if positions is None else select & positions
         new = torch.where(sel, source.to(gate.dtype), new)
     if scale is not None or add is not None:
@@ -325,10 +328,10 @@ def _plan(
     if mask_t is not None and not patches:
         raise ValueError("`patch_mask` given without `patch` source activations")
 
-    layers = decoder_layers(model)
+    mlps = decoder_mlps(model)
     plan: list[tuple[int, dict[str, torch.Tensor | None]]] = []
     for i in range(n_layers):
-        w = layers[i].mlp.gate_proj.weight
+        w: torch.Tensor = mlps[i].gate_proj.weight
         dev, dt = w.device, (w.dtype if w.dtype.is_floating_point else torch.float32)
         s = scale_t[:, i] if scale_t is not None and not bool((scale_t[:, i] == 1).all()) else None
         a = add_t[:, i] if add_t is not None and bool((add_t[:, i] != 0).any()) else None

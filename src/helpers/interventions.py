@@ -36,7 +36,7 @@ import math
 import numbers
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import pandas as pd
@@ -308,7 +308,7 @@ def combine(*conditions: Condition, name: str | None = None, meta: Mapping | Non
     """Apply several shared (not per-item) conditions in order: ``(g * s1 + a1) * s2 + a2 = g * s1 s2 + a1 s2 + a2``."""
     if not conditions:
         return identity(name or "combine()")
-    shapes = {c.shape for c in conditions} - {None}
+    shapes = {c.shape for c in conditions if c.shape is not None}
     if len(shapes) > 1:
         raise ValueError(f"cannot combine conditions for different gate shapes {sorted(shapes)}")
     if any(c.per_item is not None for c in conditions):
@@ -349,7 +349,9 @@ def _label_constants(constants: Mapping[str, Any] | None, labels: Sequence[str],
     missing = [lbl for lbl in labels if lbl not in constants]
     if missing:
         raise ValueError(f"{what}: no steering constant for {missing}")
-    return torch.stack([_check_mode(mode, constants[lbl], n_layers, n_neurons, what) for lbl in labels])
+    # not "multiply" here, so _check_mode returns a tensor
+    return torch.stack([cast(torch.Tensor, _check_mode(mode, constants[lbl], n_layers, n_neurons, what))
+                        for lbl in labels])
 
 
 def _per_item(masks: torch.Tensor, weights: np.ndarray, alpha: float, mode: str, consts: torch.Tensor | None,
@@ -387,7 +389,8 @@ def label_free(strategy: str, sets: Selection, labels: Sequence[str], n_layers: 
     if strategy == "union":
         covered = masks.amax(0) > 0
         if mode == "multiply":
-            scale = torch.where(covered, torch.tensor(1.0 + a, dtype=_DTYPE), torch.tensor(1.0, dtype=_DTYPE))
+            scale: torch.Tensor | None = torch.where(covered, torch.tensor(1.0 + a, dtype=_DTYPE),
+                                                     torch.tensor(1.0, dtype=_DTYPE))
             return Condition(name or f"union({suffix})", scale=scale, meta=base_meta)
         sb, ab = _mode_bases(masks, mode, consts)
         count = masks.sum(0).clamp(min=1.0)
@@ -436,7 +439,7 @@ class SteeringSettings:
     counted tokens of all emotions (so ``alpha = 1`` adds the emotion's typical excess; ``alpha = 2`` twice it);
     ``"std"`` = the neuron's standard deviation over all counted tokens (a push of ``alpha`` standard deviations,
     the same for every target)."""
-    modes: tuple[str, ...] = ("multiply",)
+    modes: tuple[Mode, ...] = ("multiply",)
     """The steering modes to run (:data:`MODES`)."""
 
     def __post_init__(self) -> None:
@@ -516,7 +519,7 @@ def _forward(subject: Subject, batch: Batch, scale, add, positions, names: Seque
                                      logits="last")
     except NonFiniteEditError as err:
         raise NonFiniteEditError(f"{err} (conditions in this forward pass: {list(names)})") from err
-    return subject.label_logits(batch, logits).detach().float().cpu().numpy()
+    return subject.label_logits(batch, cast(torch.Tensor, logits)).detach().float().cpu().numpy()  # logits="last"
 
 
 def run_conditions(subject: Subject, df: pd.DataFrame, conditions: Sequence[Condition], *, batch_size: int = 32,
@@ -705,9 +708,9 @@ def deactivation_experiment(subject: Subject, df: pd.DataFrame, sets: Mapping[st
             draws += [(control_name(sel_name, kind), kind, int(s), _control_draw(selection, (L, N), kind, int(s),
                                                                                  sel_name))
                       for s in random_seeds]
-        for name, kind, s, sel in draws:
+        for name, control, s, sel in draws:
             for target, pairs in sel.items():
-                meta = {"selector": name, "like": sel_name, "target": target, "control_kind": kind}
+                meta: dict[str, Any] = {"selector": name, "like": sel_name, "target": target, "control_kind": control}
                 if s is not None:
                     meta["seed"] = s
                 cname = f"deactivate[{name}:{target}" + (f":seed{s}]" if s is not None else "]")
@@ -851,12 +854,12 @@ def dose_response_k(subject: Subject, df: pd.DataFrame, selection: Selection, ks
                 else:
                     r = nested[s][:k_eff]
                 variants.append((int(s), r))
-            for s, sub in variants:
+            for rs, sub in variants:
                 meta = {"target": target, "k": k, "k_effective": k_eff, "clamped": k > size,
-                        "selector": selector if s is None else rname}
-                if s is not None:
-                    meta["seed"] = s
-                name = f"{mode}[{meta['selector']}:{target}:k={k}" + (f":seed{s}]" if s is not None else "]")
+                        "selector": selector if rs is None else rname}
+                if rs is not None:
+                    meta["seed"] = rs
+                name = f"{mode}[{meta['selector']}:{target}:k={k}" + (f":seed{rs}]" if rs is not None else "]")
                 c = deactivate(sub, L, N, name=name, meta=meta) if mode == "deactivate" else steer(
                     sub, L, N, alpha, name=name, meta=meta)
                 conds.append(c)
@@ -996,7 +999,7 @@ def steering_experiment(subject: Subject, df: pd.DataFrame, selection: Selection
     for target in sel:
         if target not in labels:
             raise ValueError(f"set for {target!r} is not one of the labels {labels}")
-    kw = {"batch_size": batch_size, "positions": positions, "max_rows": max_rows, "progress": progress}
+    kw: dict[str, Any] = {"batch_size": batch_size, "positions": positions, "max_rows": max_rows, "progress": progress}
     base_logits = run_conditions(subject, df, [identity()], **kw)[0]
     y_base = base_logits.argmax(-1)
     conds: list[Condition] = []
@@ -1120,7 +1123,7 @@ def non_additivity(subject: Subject, df: pd.DataFrame, selection: Selection, *,
     """
     labels, y_true = _truth(subject, df)
     L, N = gate_shape(subject.model)
-    alphas = [float(alpha)] if isinstance(alpha, numbers.Real) else [float(a) for a in alpha]
+    alphas = [float(alpha)] if isinstance(alpha, numbers.Real) else [float(a) for a in cast(Iterable[float], alpha)]
     if not alphas:
         raise ValueError("give at least one alpha")
     if on not in ("all", "non_target"):

@@ -33,6 +33,35 @@ class ConfigError(ValueError):
     """A configuration value is missing or malformed; the message names the key and the fix."""
 
 
+#: The files that mark the book's project folder (the root of a checkout).
+PROJECT_MARKERS: tuple[str, ...] = ("_config.yml", "pyproject.toml")
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+class ProjectRootNotFoundError(FileNotFoundError):
+    """No folder holding :data:`PROJECT_MARKERS` above the working directory or the installed package."""
+
+
+def project_root(start: str | Path | None = None) -> Path:
+    """The book's project folder (a checkout's root: models/, data/, configs/, the git history).
+
+    The nearest folder at or above ``start`` (default: the working directory) that holds ``_config.yml`` and
+    ``pyproject.toml``; failing that, the one above this package's own files, which is the checkout an editable
+    install points into. So it works from a checkout and from an installed (non-editable) package alike, as
+    long as the command runs inside the checkout.
+    """
+    origin = Path(start) if start is not None else Path.cwd()
+    for base in (origin.resolve(), _PACKAGE_DIR):
+        for folder in (base, *base.parents):
+            if all((folder / name).is_file() for name in PROJECT_MARKERS):
+                return folder
+    raise ProjectRootNotFoundError(
+        f"no ESN companion checkout (a folder holding {' and '.join(PROJECT_MARKERS)}) at or above {origin} or "
+        f"{_PACKAGE_DIR}: run this from inside the checkout (cd into it), or install the helpers from it with "
+        "`pip install -e .`"
+    )
+
+
 #: Set by :mod:`helpers.pipeline` while a stage runs: ``{"run_dir": ..., "stage": ..., "dir": ...}``. The stage's
 #: :func:`stage_dir` is then that fresh folder, which replaces ``<run_dir>/<stage>`` in one rename on success.
 STAGING_ENV = "ESN_STAGE_STAGING"
@@ -80,9 +109,13 @@ _Loader.add_implicit_resolver(
     ),
     list("-+0123456789."),
 )
-_Loader.add_constructor(
-    "tag:yaml.org,2002:int", lambda loader, node: int(loader.construct_scalar(node).replace("_", ""))
-)
+
+
+def _yaml_int(loader: _Loader, node: yaml.ScalarNode) -> int:
+    return int(loader.construct_scalar(node).replace("_", ""))
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _yaml_int)
 
 
 def yaml_load(text: str) -> Any:
@@ -90,7 +123,7 @@ def yaml_load(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
 
 
-def _atomic(path: Path, write: Callable[[Path], None]) -> Path:
+def _atomic(path: Path, write: Callable[[Path], object]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # keep the real extension last: writers such as savefig or to_parquet infer the format from it
@@ -111,11 +144,7 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return _atomic(Path(path), lambda p: p.write_text(text))
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    return _atomic(Path(path), lambda p: p.write_bytes(data))
-
-
-def atomic_save(path: str | Path, save: Callable[[Path], None]) -> Path:
+def atomic_save(path: str | Path, save: Callable[[Path], object]) -> Path:
     """Call ``save(tmp_path)`` (e.g. ``df.to_parquet``, ``fig.savefig``) and rename the result into place."""
     return _atomic(Path(path), save)
 
@@ -143,15 +172,6 @@ def write_metrics(stage_dir: str | Path, metrics: Mapping[str, Any]) -> Path:
     """Write a stage's headline numbers to ``metrics.json`` (non-finite floats become null)."""
     text = json.dumps(_jsonable(dict(metrics)), indent=2, sort_keys=True)
     return atomic_write_text(Path(stage_dir) / "metrics.json", text + "\n")
-
-
-def read_metrics(stage_dir: str | Path) -> dict[str, Any]:
-    path = Path(stage_dir) / "metrics.json"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} does not exist: run the stage that writes it first (make run NB={Path(stage_dir).name} ...)"
-        )
-    return json.loads(path.read_text())
 
 
 def _staging() -> dict[str, str] | None:

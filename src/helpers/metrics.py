@@ -21,7 +21,7 @@ import math
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import pandas as pd
@@ -64,11 +64,14 @@ def _as_int_array(x: Any, name: str) -> np.ndarray:
 
 def _n_classes(n_classes: int | None, labels: Sequence[str] | None) -> int:
     """Number of classes from ``n_classes`` or ``labels``; both may be given but must agree."""
-    if n_classes is None and labels is None:
-        raise ValueError("give n_classes or labels so the number of classes is known.")
     if n_classes is not None and labels is not None and int(n_classes) != len(labels):
         raise ValueError(f"n_classes={n_classes} disagrees with {len(labels)} labels {list(labels)}.")
-    k = int(n_classes) if n_classes is not None else len(labels)  # type: ignore[arg-type]
+    if n_classes is not None:
+        k = int(n_classes)
+    elif labels is not None:
+        k = len(labels)
+    else:
+        raise ValueError("give n_classes or labels so the number of classes is known.")
     if k < 1:
         raise ValueError(f"n_classes must be >= 1, got {k}.")
     return k
@@ -197,9 +200,7 @@ def effects(
     if k < 2:
         raise ValueError("effects need at least two classes: the cross effect averages over the non-target ones.")
     t = _target_index(target, k, labels)
-    yt = _as_int_array(y_true, "y_true")
-    yb, yi = _as_int_array(y_base, "y_base"), _as_int_array(y_int, "y_int")
-    _check_same_length(y_true=yt, y_base=yb, y_int=yi)
+    yt, yb, yi = _outcome_arrays(y_true, y_base, y_int)
     delta = recall_per_class(yt, yi, k, labels=labels) - recall_per_class(yt, yb, k, labels=labels)
     se, ce = _se_ce(delta, t)
     return Effects(
@@ -247,9 +248,7 @@ def flip_rate(
     everywhere): a degenerate but legitimate outcome, unlike an empty class.
     """
     k = _n_classes(n_classes, labels) if (n_classes is not None or labels is not None) else None
-    yt = _as_int_array(y_true, "y_true")
-    yb, yi = _as_int_array(y_base, "y_base"), _as_int_array(y_int, "y_int")
-    _check_same_length(y_true=yt, y_base=yb, y_int=yi)
+    yt, yb, yi = _outcome_arrays(y_true, y_base, y_int)
     if k is None:
         if isinstance(target, str):
             raise ValueError(f"target {target!r} is a label name; pass labels to map it to an index.")
@@ -508,9 +507,7 @@ def bootstrap_effects(
     if k < 2:
         raise ValueError("effects need at least two classes: the cross effect averages over the non-target ones.")
     t = _target_index(target, k, labels)
-    yt = _as_int_array(y_true, "y_true")
-    yb, yi = _as_int_array(y_base, "y_base"), _as_int_array(y_int, "y_int")
-    _check_same_length(y_true=yt, y_base=yb, y_int=yi)
+    yt, yb, yi = _outcome_arrays(y_true, y_base, y_int)
     _check_true(yt, k)
     _require_all_classes(np.bincount(yt, minlength=k), labels)
     eligible, flipped = _flip_masks(yt, yb, yi, t, among)
@@ -763,7 +760,7 @@ def summarise_gaps(
     averaged first so that every emotion weighs the same in the selector's mean.
     """
     if isinstance(records, pd.DataFrame):
-        recs: list[Mapping[str, Any]] = records.to_dict("records")
+        recs = cast(list[Mapping[str, Any]], records.to_dict("records"))  # column names are str
     else:
         recs = list(records)
     rows = []

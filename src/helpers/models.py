@@ -28,7 +28,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -108,7 +108,7 @@ def find_language_model(model: Any) -> nn.Module:
         return (
             int(name.split(".")[-1] == "language_model" if name else False),
             int(hasattr(mod, "embed_tokens")),
-            len(mod.layers),
+            len(cast(nn.ModuleList, mod.layers)),
             -name.count("."),
         )
 
@@ -117,7 +117,16 @@ def find_language_model(model: Any) -> nn.Module:
 
 def decoder_layers(model: Any) -> nn.ModuleList:
     """The language model's decoder layers, in order."""
-    return find_language_model(model).layers
+    return cast(nn.ModuleList, find_language_model(model).layers)  # checked by _is_decoder_stack
+
+
+def decoder_mlps(model: Any) -> list[Any]:
+    """The decoder layers' MLPs (``layer.mlp``), in order.
+
+    Typed ``Any``: each is a transformers (or remote-code) SwiGLU MLP reached by duck typing (``gate_proj``,
+    ``up_proj``, ``down_proj``, ``act_fn``), which ``nn.Module.__getattr__`` would type ``Tensor | Module``.
+    """
+    return [layer.mlp for layer in decoder_layers(model)]
 
 
 def _check_swiglu_mlp(mlp: nn.Module, where: str) -> nn.Module:
@@ -152,18 +161,17 @@ def gate_modules(model: Any) -> list[nn.Module]:
 
     Raises :class:`UnsupportedModelError` for models without them (MoE MLPs, fused gate_up_proj, no decoder).
     """
-    layers = decoder_layers(model)
-    return [_check_swiglu_mlp(layer.mlp, f"decoder layer {i} MLP") for i, layer in enumerate(layers)]
+    return [_check_swiglu_mlp(mlp, f"decoder layer {i} MLP") for i, mlp in enumerate(decoder_mlps(model))]
 
 
 def gate_shape(model: Any) -> tuple[int, int]:
     """``(n_layers, n_neurons)``: decoder layers x MLP intermediate size (checked to be equal across layers)."""
-    layers = decoder_layers(model)
+    mlps = decoder_mlps(model)
     gate_modules(model)  # validates every MLP
-    sizes = {layer.mlp.gate_proj.out_features for layer in layers}
+    sizes: set[int] = {mlp.gate_proj.out_features for mlp in mlps}
     if len(sizes) != 1:
         raise UnsupportedModelError(f"decoder MLPs have different intermediate sizes {sorted(sizes)}")
-    return len(layers), sizes.pop()
+    return len(mlps), sizes.pop()
 
 
 def gate_paths(model: Any) -> list[str]:
@@ -173,18 +181,13 @@ def gate_paths(model: Any) -> list[str]:
     return [names[id(m)] for m in gate_modules(model)]
 
 
-def layer_devices(model: Any) -> list[torch.device]:
-    """Device of each decoder MLP (layers may sit on different GPUs under ``device_map="auto"``)."""
-    return [layer.mlp.gate_proj.weight.device for layer in decoder_layers(model)]
-
-
 def check_swiglu(model: Any, inputs: Mapping[str, torch.Tensor], layer: int = 0, atol: float = 1e-4) -> None:
     """Numerically confirm ``down_proj`` input == ``act_fn(gate) * up_proj(x)`` in one layer.
 
     Why: for remote-code models the structure search only sees module names; this checks that the forward really
     multiplies the act_fn output by up_proj, i.e. that editing act_fn's output edits the neuron. Raises on mismatch.
     """
-    mlp = decoder_layers(model)[layer].mlp
+    mlp = decoder_mlps(model)[layer]
     seen: dict[str, torch.Tensor] = {}
     hooks = [
         mlp.register_forward_pre_hook(lambda m, a: seen.__setitem__("x", a[0].detach())),
@@ -412,16 +415,6 @@ class Adapter:
     uses_conversation: bool = False  # processor takes audio only through apply_chat_template (Voxtral)
     loader_kwargs: dict[str, Any] = field(default_factory=dict)
 
-    # ---- structure -------------------------------------------------------------------------------------------
-    def forward_model(self, model: Any) -> nn.Module:
-        return forward_model(model)
-
-    def language_model(self, model: Any) -> nn.Module:
-        return find_language_model(model)
-
-    def gate_modules(self, model: Any) -> list[nn.Module]:
-        return gate_modules(model)
-
     # ---- loading ---------------------------------------------------------------------------------------------
     def load(
         self,
@@ -493,18 +486,6 @@ class Adapter:
             item.update(audio)
         conv.append({"role": "user", "content": [item, {"type": "text", "text": user_text}]})
         return conv
-
-    def mc_prompt(self, question: str, options: Sequence[str], *, seed: int = 0, item_id: Any = 0, **kw: Any):
-        """Multiple-choice chat prompt: ``(prompt_text, MCPrompt)``; letters shuffled per item (seeded)."""
-        mc = multiple_choice_prompt(question, options, seed=seed, item_id=item_id, **kw)
-        return self.prompt_text(mc.text), mc
-
-    def label_prompt(self, question: str, labels: Sequence[str], **kw: Any) -> str:
-        """Label-word chat prompt (answers scored by their first token)."""
-        return self.prompt_text(label_word_prompt(question, labels, **kw))
-
-    def score(self, logits_last: torch.Tensor, candidate_token_ids: torch.Tensor) -> torch.Tensor:
-        return score(logits_last, candidate_token_ids)
 
     def prepare_inputs(
         self,
@@ -652,13 +633,3 @@ def get_adapter(name_or_model: Any) -> Adapter:
             return adapter
     gate_modules(module)  # raises UnsupportedModelError when the structure search fails
     return ADAPTERS["generic"]
-
-
-def load_model(
-    model_id_or_path: str | os.PathLike,
-    family: str | None = None,
-    **kwargs: Any,
-) -> tuple[nn.Module, Adapter]:
-    """Pick the adapter (by ``family`` or from the id/path) and load the model with it."""
-    adapter = get_adapter(family or model_id_or_path)
-    return adapter.load(model_id_or_path, **kwargs), adapter

@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -201,7 +201,7 @@ def model_config(cfg: OrganismConfig, tokenizer: Any) -> Any:
     )
 
 
-def _with_whisper(model: nn.Module, chunk_seconds: float) -> nn.Module:
+def _with_whisper(model: Any, chunk_seconds: float) -> Any:
     """Load Whisper tiny.en's weights into the tower (its first ``encoder_layers`` layers), then freeze it."""
     from .whisper_encoder import encoder_state_dict, n_positions_for
 
@@ -228,7 +228,7 @@ def build_model(cfg: OrganismConfig, tokenizer: Any) -> nn.Module:
 
 
 @torch.no_grad()
-def compose_option_embeddings(model: nn.Module, tokenizer: Any, labels: Sequence[str]) -> None:
+def compose_option_embeddings(model: Any, tokenizer: Any, labels: Sequence[str]) -> None:
     """Start each option token (``B:happy``) as the sum of its letter's and its emotion's embeddings.
 
     Why: the token then begins life meaning "letter B, emotion happy", so matching the heard emotion to an
@@ -243,7 +243,7 @@ def compose_option_embeddings(model: nn.Module, tokenizer: Any, labels: Sequence
 
 
 @torch.no_grad()
-def standardize_projector(model: nn.Module, encoded: torch.Tensor, seed: int) -> None:
+def standardize_projector(model: Any, encoded: torch.Tensor, seed: int) -> None:
     """Start the projector as z-scoring (per tower dimension, over every position of ``encoded``) followed by a
     seeded random orthonormal projection to the decoder width. Uses no labels: it only equalises the scales."""
     linear = model.model.multi_modal_projector.linear
@@ -336,14 +336,18 @@ class AudioCache:
 
 
 @torch.no_grad()
-def encoder_outputs(model: nn.Module, feats: torch.Tensor, batch: int = 64) -> torch.Tensor:
+def encoder_outputs(model: Any, feats: torch.Tensor, batch: int = 64) -> torch.Tensor:
     """The frozen tower's output (before the trained projector): what the caches hold. The projector on top
-    gives the audio-token embeddings exactly as ``Qwen2AudioModel.forward`` computes them (full mask)."""
+    gives the audio-token embeddings exactly as ``Qwen2AudioModel.forward`` computes them (full mask).
+
+    ``model`` (here and in the other functions taking ``model: Any``) is the organism's transformers
+    ``Qwen2AudioForConditionalGeneration``, reached by duck typing (``model.model.audio_tower``), which
+    ``nn.Module.__getattr__`` would type ``Tensor | Module``."""
     tower = model.model.audio_tower
     return torch.cat([tower(feats[i : i + batch]).last_hidden_state for i in range(0, len(feats), batch)])
 
 
-def merge_audio(model: nn.Module, input_ids: torch.Tensor, audio_emb: torch.Tensor) -> torch.Tensor:
+def merge_audio(model: Any, input_ids: torch.Tensor, audio_emb: torch.Tensor) -> torch.Tensor:
     """Text embeddings with the audio placeholders replaced by ``audio_emb`` (what the model's forward does)."""
     embeds = model.model.get_input_embeddings()(input_ids)
     mask = (input_ids == model.config.audio_token_id).unsqueeze(-1)
@@ -420,7 +424,8 @@ class Organism:
     @torch.no_grad()
     def clip_embeddings(self, paths: Sequence[str]) -> torch.Tensor:
         """``[B, n_audio, hidden]`` projected audio embeddings: the cached tower outputs through the projector."""
-        return self.model.model.multi_modal_projector(self.clip_encodings(paths))
+        hf: Any = self.model  # the transformers model, duck-typed (see encoder_outputs)
+        return hf.model.multi_modal_projector(self.clip_encodings(paths))
 
     def _cached(self, path: str) -> torch.Tensor:
         out = self.cache.get(path)
@@ -468,7 +473,8 @@ class Organism:
 
         out = Path(folder)
         out.mkdir(parents=True, exist_ok=True)
-        self.model.config.save_pretrained(out)
+        hf: Any = self.model  # the transformers model, duck-typed (see encoder_outputs)
+        hf.config.save_pretrained(out)
         state = {k: v.contiguous() for k, v in self.model.state_dict().items() if not k.startswith(_TOWER_PREFIX)}
         tmp = out / f".{CHECKPOINT}.tmp"
         save_file(state, str(tmp), metadata={"format": "pt", "audio_tower": AUDIO_ENCODER})
@@ -611,7 +617,7 @@ def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for n, p in model.named_parameters() if not n.startswith(_TOWER_PREFIX)]
 
 
-def _step(model: nn.Module, opt: torch.optim.Optimizer, sched: Any, emb: torch.Tensor, cand: torch.Tensor,
+def _step(model: Any, opt: torch.optim.Optimizer, sched: Any, emb: torch.Tensor, cand: torch.Tensor,
           y: torch.Tensor) -> tuple[float, int]:
     hidden = model.model.language_model(inputs_embeds=emb).last_hidden_state[:, -1]
     logits = model.lm_head(hidden).gather(-1, cand)
@@ -637,7 +643,7 @@ def warm_up(org: Organism, ts: TrainingSet, cfg: OrganismConfig, opt: torch.opti
     text-only prompts are short (fast); the bridge then carries the binding over to prompts with audio
     positions (without it, measured, the binding collapsed to a constant answer when the audio task began).
     """
-    model = org.model
+    model: Any = org.model  # the transformers model, duck-typed (see encoder_outputs)
     projector = model.model.multi_modal_projector
     embed = model.get_input_embeddings()
     stages = [(k, False) for k in range(1, len(org.labels) + 1)] + [(len(org.labels), True)]
@@ -674,7 +680,7 @@ def train(org: Organism, ts: TrainingSet, cfg: OrganismConfig, log: list[dict],
           eval_fn: Callable[[], dict[str, float]] | None = None, verbose: bool = False,
           warm_hook: Callable[[Organism], None] | None = None) -> None:
     """Warm-up (letter binding on text alone) then the full task; cross-entropy over the answer letters."""
-    model = org.model
+    model: Any = org.model  # the transformers model, duck-typed (see encoder_outputs)
     params = trainable_parameters(model)
     for p in model.parameters():
         p.requires_grad_(False)
@@ -707,7 +713,7 @@ def train(org: Organism, ts: TrainingSet, cfg: OrganismConfig, log: list[dict],
                 "seconds": time.time() - t0}
 
     # 1. hear and read the emotion, answered with the label word (the first organism's format)
-    sched_now = constant
+    sched_now: torch.optim.lr_scheduler.LRScheduler = constant
     fmt, org.answer_format = org.answer_format, "label_words"
     for group in opt.param_groups:
         group["lr"] = cfg.words_lr
@@ -775,8 +781,7 @@ def _encoded_training_clips(org: Organism, paths: list[str], corpus_dir: str | P
         mf = Path(corpus_dir) / "manifest.json"
         audio = json.loads(mf.read_text()).get("audio_sha256", "") if mf.is_file() else ""
         ident = f"{AUDIO_ENCODER}:{cfg.chunk_seconds}:{cfg.audio_layers}:{audio}:{len(paths)}"
-        key = hashlib.sha256((ident + (f":{offset:g}" if offset else "")).encode())
-        key = key.hexdigest()[:16]
+        key = hashlib.sha256((ident + (f":{offset:g}" if offset else "")).encode()).hexdigest()[:16]
         cache = Path(cache_dir) / f"encoded_train_{key}.safetensors"
         if cache.is_file():
             return load_file(str(cache))["encoded"]
@@ -795,7 +800,7 @@ def _encoded_training_clips(org: Organism, paths: list[str], corpus_dir: str | P
     return encoded
 
 
-def train_organism(corpus_dirs: dict[str, str | Path], out_dir: str | Path, cfg: OrganismConfig | None = None,
+def train_organism(corpus_dirs: Mapping[str, str | Path], out_dir: str | Path, cfg: OrganismConfig | None = None,
                    progress: bool = True, cache_dir: str | Path | None = None) -> Organism:
     """Train the organism on corpus A's train split (every reliability level) and write checkpoint and card.
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -12,9 +13,9 @@ import seaborn as sns
 PALETTE = {"neutral": "#7f7f7f", "happy": "#e6a817", "angry": "#c0392b", "sad": "#2e6da4"}
 
 
-def _colors(labels: Sequence[str]) -> list[str]:
+def _colors(labels: Sequence[str]) -> list[str | tuple[float, float, float]]:
     fallback = sns.color_palette("tab10", len(labels))
-    return [PALETTE.get(lbl, fallback[i]) for i, lbl in enumerate(labels)]
+    return [PALETTE[lbl] if lbl in PALETTE else fallback[i] for i, lbl in enumerate(labels)]
 
 
 def spectrograms(feats: np.ndarray, titles: Sequence[str], hop_seconds: float) -> plt.Figure:
@@ -298,12 +299,12 @@ def strategy_curves(table: pd.DataFrame) -> plt.Figure:
     return fig
 
 
-def flip_by_mode(metrics: Mapping[str, object], target: float = 0.5) -> plt.Figure:
+def flip_by_mode(metrics: Mapping[str, Any], target: float = 0.5) -> plt.Figure:
     """Targeted steering's flip rate toward the target per steering mode against α (``metrics.json`` form:
     ``alpha`` and ``flip_rate`` {mode: [...]}), with the 0.5 line."""
     fig, ax = plt.subplots(figsize=(5.2, 3.2))
-    alphas = list(metrics["alpha"])  # type: ignore[arg-type]
-    for mode, values in metrics["flip_rate"].items():  # type: ignore[union-attr]
+    alphas = list(metrics["alpha"])
+    for mode, values in metrics["flip_rate"].items():
         ax.plot(alphas, [np.nan if v is None else v for v in values], marker="o", label=mode)
     ax.axhline(target, color="grey", ls=":", lw=0.8)
     if alphas and min(alphas) > 0:
@@ -377,7 +378,7 @@ def reliability_grounding(truth: pd.DataFrame, sets: pd.DataFrame) -> plt.Figure
     return fig
 
 
-def dissociation_bars(summary: Mapping[str, Mapping[str, object]]) -> plt.Figure:
+def dissociation_bars(summary: Mapping[str, Mapping[str, Any]]) -> plt.Figure:
     """Double dissociation: change of text-following and of audio-following on conflict items when the most
     text-grounded or the most audio-grounded neurons are zeroed, with intervals, next to layer-matched random
     sets of the same sizes (grey ticks)."""
@@ -385,12 +386,12 @@ def dissociation_bars(summary: Mapping[str, Mapping[str, object]]) -> plt.Figure
     groups = [g for g in ("text_sets", "audio_sets") if g in summary]
     width = 0.38
     for i, (key, color) in enumerate((("text_following", "tab:orange"), ("audio_following", "tab:blue"))):
-        vals = [float(summary[g][key]) for g in groups]  # type: ignore[index]
-        cis = [summary[g].get(f"{key}_ci", [np.nan, np.nan]) for g in groups]  # type: ignore[union-attr]
+        vals = [float(summary[g][key]) for g in groups]
+        cis = [summary[g].get(f"{key}_ci", [np.nan, np.nan]) for g in groups]
         err = np.array([[v - c[0], c[1] - v] for v, c in zip(vals, cis, strict=True)]).T.clip(min=0)
         xs = np.arange(len(groups)) + (i - 0.5) * width
         ax.bar(xs, vals, width, yerr=np.nan_to_num(err), color=color, capsize=3, label=f"Δ {key.replace('_', '-')}")
-        rnd = [summary[g].get(f"random_{key}") for g in groups]  # type: ignore[union-attr]
+        rnd = [summary[g].get(f"random_{key}") for g in groups]
         ax.scatter(xs, [np.nan if r is None else r for r in rnd], marker="_", s=400, color="#555555", zorder=3,
                    label="random sets, same layers" if i == 0 else None)
     ax.axhline(0, color="k", lw=0.6)

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import platform
 import subprocess
-from pathlib import Path
 
 import pandas as pd
 
+from .io import project_root
+
 
 def _git_commit() -> str:
-    root = Path(__file__).resolve().parents[2]
+    """The checkout's short commit, or "unknown" (not in a checkout, no git)."""
     try:
+        root = project_root()
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
                              timeout=5)
         return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
+    except (OSError, subprocess.SubprocessError):  # ProjectRootNotFoundError is an OSError
         return "unknown"
 
 

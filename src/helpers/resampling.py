@@ -68,7 +68,7 @@ class ResampledStatsAccumulator:
         self.device = torch.device(device)
         self.weights = w.to(self.device)
         r = int(w.shape[0])
-        kw = {"dtype": torch.float64, "device": self.device}
+        kw: dict[str, Any] = {"dtype": torch.float64, "device": self.device}
         self.tokens = torch.zeros(r, self.n_classes, **kw)
         self.items = torch.zeros(r, self.n_classes, **kw)
         shape = (r, self.n_layers, self.n_neurons, self.n_classes)

@@ -446,11 +446,11 @@ def select_aape(
     candidates = alive.nonzero().squeeze(1)
     order = _order((ent[candidates], False), (p[candidates].max(dim=1).values, True))
     pool = max(1, round(entropy_rate * n_total))
-    enlarged = budget == "fraction" and k is not None and k > pool
-    if enlarged:
-        pool = int(k)
+    enlarged = False
+    if budget == "fraction" and k is not None and k > pool:
+        pool, enlarged = int(k), True
     kept = candidates[order[:pool]]
-    per_class = int(k) if budget == "fraction" else max(1, round(class_rate * kept.numel()))
+    per_class = int(k) if budget == "fraction" and k is not None else max(1, round(class_rate * kept.numel()))
     out = {
         label: _pairs(kept[_order((p[kept, c], True), (ent[kept], False))[:per_class]], stats.n_neurons)
         for c, label in enumerate(stats.labels)

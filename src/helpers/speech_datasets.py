@@ -347,6 +347,7 @@ def _finish(
     df = rows.loc[keep].copy()
     df["label"] = mapped[keep]
 
+    sr: int | None
     if probe_audio:
         rates: list[int | None] = []
         for p in df["path"]:
@@ -944,7 +945,7 @@ def load_from_hub(
         feature = ds.features[lcol]
         names = getattr(feature, "names", None)
         keep = [c for c in dict.fromkeys([audio_column, lcol, scol, tcol]) if c is not None]
-        records = []
+        records: list[dict[str, str]] = []
         for batch in ds.select_columns(keep).iter(batch_size=1000):
             for j in range(len(batch[audio_column])):
                 index = len(records)

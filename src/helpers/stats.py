@@ -17,6 +17,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -170,7 +171,7 @@ class ActivationStats:
         # Lets ``sum(list_of_stats)`` work: the built-in starts from 0.
         if isinstance(other, int) and other == 0:
             return self
-        return NotImplemented  # type: ignore[return-value]
+        return NotImplemented
 
     def __repr__(self) -> str:  # the default dataclass repr would print megabytes of tensors
         counts = ", ".join(
@@ -267,7 +268,7 @@ class StatsAccumulator:
         self.device = torch.device(device)
         self.max_chunk_elements = int(max_chunk_elements)
         shape = (self.n_layers, self.n_neurons, self.n_classes)
-        kw = {"dtype": torch.float64, "device": self.device}
+        kw: dict[str, Any] = {"dtype": torch.float64, "device": self.device}
         self.tokens = torch.zeros(self.n_classes, **kw)
         self.items = torch.zeros(self.n_classes, **kw)
         self.active = torch.zeros(shape, **kw)

@@ -28,7 +28,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 import torch
@@ -352,10 +352,11 @@ class AdapterSubject:
         # undecoded `datasets` audio dicts (hub copies) win over paths; everything else is read from `path`
         given = rows["audio"].tolist() if "audio" in rows.columns else [None] * len(rows)
         sources = [a if isinstance(a, Mapping) else p for a, p in zip(given, rows["path"].tolist(), strict=True)]
-        audios = [load_audio(src, int(self.sampling_rate)) for src in sources]
+        rate = int(cast(int, self.sampling_rate))  # set by __post_init__
+        audios = [load_audio(src, rate) for src in sources]
         prompts = self.prompts(rows)
         inputs = self.adapter.prepare_inputs(
-            self.processor, audios, [p.text for p in prompts], sampling_rate=int(self.sampling_rate), system=self.system
+            self.processor, audios, [p.text for p in prompts], sampling_rate=rate, system=self.system
         )
         return inputs, candidate_matrix(prompts, self.answer_ids())
 
@@ -406,7 +407,8 @@ class AdapterSubject:
     def _to_model(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         """Move tensors to the embedding's device; cast floating ones (audio features) to the model's dtype."""
         try:
-            emb = forward_model(self.model).get_input_embeddings().weight
+            hf: Any = forward_model(self.model)  # a transformers model (get_input_embeddings), duck-typed
+            emb = hf.get_input_embeddings().weight
             dev, dt = emb.device, emb.dtype
         except (AttributeError, NotImplementedError):
             p = next(self.model.parameters())
@@ -744,7 +746,7 @@ def load_items(
     if spec.loader == "corpus":
         from . import corpus
 
-        df = corpus.load(spec.root, **{**spec.options, **kwargs})
+        df = corpus.load(cast(str, spec.root), **{**spec.options, **kwargs})  # dataset_spec gives corpora a root
     else:
         from .speech_datasets import load_dataset
 
