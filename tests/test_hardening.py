@@ -756,3 +756,16 @@ def test_project_root_is_found_from_the_working_directory_or_the_package(tmp_pat
     with pytest.raises(io.ProjectRootNotFoundError, match=r"_config.yml and pyproject.toml.*cd into it.*pip install"):
         io.project_root()
     assert report._git_commit() == "unknown"
+
+
+def test_the_public_api_is_importable_from_the_package_top():
+    import helpers
+
+    for name in helpers.__all__:
+        assert getattr(helpers, name) is not None, name
+    from helpers import ActivationStats, select
+    from helpers.selectors import select as direct
+
+    assert select is direct and ActivationStats.__module__ == "helpers.stats"
+    with pytest.raises(AttributeError, match="no attribute 'selekt'"):
+        helpers.selekt  # noqa: B018
