@@ -51,14 +51,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
-import nnsight
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
-from .hooks import LogitsMode, Reduce, _envoys, _plan, apply_gate_edit, run_with_gate_edits, select_logits, trace_gates
-from .models import decoder_layers, decoder_mlps, forward_model, gate_shape
+from .hooks import run_with_gate_edits, trace, trace_gates
+from .models import decoder_mlps, forward_model, gate_shape
 from .neuron_sets import as_mask, random_sets, stable_seed
 from .subject import Batch, Subject
 
@@ -266,78 +265,6 @@ def random_mask_like(mask: torch.Tensor, seed: int = 0, exclude: torch.Tensor | 
 
 
 # ----------------------------------------------------------------------------------------------- patched tracing
-def trace_patched(
-    model: Any,
-    inputs: Mapping[str, Any],
-    *,
-    scale: torch.Tensor | None = None,
-    add: torch.Tensor | None = None,
-    positions: torch.Tensor | None = None,
-    patch: Sequence[torch.Tensor | None] | Mapping[int, torch.Tensor] | None = None,
-    patch_mask: torch.Tensor | None = None,
-    residual: Mapping[int, torch.Tensor] | None = None,
-    residual_positions: torch.Tensor | None = None,
-    read_residual: Iterable[int] = (),
-    reduce: Reduce | None = None,
-    logits: LogitsMode = "last",
-) -> tuple[torch.Tensor | None, list[Any], dict[int, torch.Tensor]]:
-    """:func:`~helpers.hooks.run_with_gate_edits` that also *reads* the edited gates, and can patch or read the
-    residual stream at decoder-layer outputs: ``(logits, per-layer gates or reduce(i, gate), {layer: hidden})``.
-
-    Gate edits use the hooks' own validation (``_plan``) and edit rule (``apply_gate_edit``) on the same nnsight
-    envoys, so the result equals ``run_with_gate_edits`` (the tests check it); this function only adds reading.
-    ``residual``: ``{layer: [B|1, T, H]}`` source hidden states written into that layer's output at
-    ``residual_positions`` [B, T] (all positions when None). ``read_residual``: layers whose (possibly patched)
-    output hidden states are returned. The gate list always has one entry per layer (``None`` where ``reduce``
-    returned None).
-    """
-    envoys, plan, root = _plan(model, inputs, None, scale, add, positions, patch, patch_mask)
-    edits = dict(plan)
-    layers = list(decoder_layers(model))
-    mlps = decoder_mlps(model)
-    n_layers = len(layers)
-    res_plan: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
-    for layer, src in (residual or {}).items():
-        layer = int(layer)
-        if not 0 <= layer < n_layers:
-            raise ValueError(f"residual patch for layer {layer} but the model has {n_layers} layers")
-        dev: torch.device = mlps[layer].gate_proj.weight.device
-        pos = None
-        if residual_positions is not None:
-            p = torch.as_tensor(residual_positions)
-            if p.dtype != torch.bool or p.ndim != 2:
-                raise TypeError("`residual_positions` must be a bool tensor [B, T]")
-            pos = p[:, :, None].to(dev)
-        src = torch.as_tensor(src)
-        if src.ndim != 3:
-            raise ValueError(f"residual source for layer {layer} must be [B|1, T, H], got shape {tuple(src.shape)}")
-        res_plan[layer] = (src.to(dev), pos)
-    reads = {int(x) for x in read_residual}
-    touch = sorted(set(res_plan) | reads)
-    layer_envs = dict(zip(touch, _envoys(root, [layers[i] for i in touch]), strict=True))
-    mask = inputs.get("attention_mask")
-    with torch.no_grad(), root.trace(**inputs):
-        gates = nnsight.save([])
-        hidden = nnsight.save([])
-        for i in range(n_layers):
-            value = envoys[i].output
-            if i in edits:
-                value = apply_gate_edit(value, **edits[i])
-                envoys[i].output = value
-            gates.append(reduce(i, value) if reduce is not None else value)
-            if i in layer_envs:
-                raw = layer_envs[i].output
-                h = raw[0] if isinstance(raw, tuple) else raw
-                if i in res_plan:
-                    src, pos = res_plan[i]
-                    h = src.to(h.dtype).expand_as(h) if pos is None else torch.where(pos, src.to(h.dtype), h)
-                    layer_envs[i].output = (h, *raw[1:]) if isinstance(raw, tuple) else h
-                if i in reads:
-                    hidden.append((i, h))
-        out = nnsight.save(select_logits(root.output, logits, mask) if logits != "none" else None)
-    return out, list(gates), dict(hidden)
-
-
 class _Readout:
     """Per-layer reduce that keeps the read neurons' value at the answer position and their mean over the side's
     positions: ``{"answer": [B, k_l], "side": [B, k_l]}`` (float32, CPU)."""
@@ -606,13 +533,13 @@ def patch_run(
             lg, outs = trace_gates(model, source, reduce=both, logits="last")
             src_gates = {i: g for i, g, _ in outs if g is not None}
             src_read = [r for _, _, r in outs]
-            lg_after, after, _ = trace_patched(
+            lg_after, after, _ = trace(
                 model, target, positions=pos, patch=src_gates or None, patch_mask=nmask if src_gates else None,
                 reduce=readout, logits="last",
             )
         else:
-            lg, src_read, hidden = trace_patched(model, source, read_residual=patch_layers, reduce=readout)
-            lg_after, after, _ = trace_patched(
+            lg, src_read, hidden = trace(model, source, read_residual=patch_layers, reduce=readout, logits="last")
+            lg_after, after, _ = trace(
                 model, target, residual=hidden, residual_positions=pos, reduce=readout, logits="last"
             )
         acc["ls"].append(subject.label_logits(src, cast(torch.Tensor, lg)).float().cpu())
@@ -1443,6 +1370,5 @@ __all__ = [
     "split_by_cluster",
     "text_pairs",
     "total_effect",
-    "trace_patched",
     "union_mask",
 ]

@@ -1,8 +1,9 @@
 """Reading and editing the SwiGLU gates through one nnsight trace per batch.
 
-One hook path serves the whole method: :func:`trace_gates` reads every layer's ``act_fn`` output (Log / Identify),
-:func:`run_with_gate_edits` rewrites it (Intervene), and :func:`generate_with_gate_edits` does the same at every
-generation step. All three open ``with nn_model.trace(...)`` on an ``nnsight.NNsight`` wrapper of the text-producing
+One tracer serves the whole method: :func:`trace` edits, patches and reads every layer's ``act_fn`` output and the
+residual stream in one forward pass; :func:`trace_gates` (read: Log / Identify) and :func:`run_with_gate_edits`
+(write: Intervene) are its two common shapes, the grounding patches call it directly, and
+:func:`generate_with_gate_edits` applies the same edit plan at every generation step. All three open ``with nn_model.trace(...)`` on an ``nnsight.NNsight`` wrapper of the text-producing
 model and touch the gate envoys in layer order (nnsight serves module outputs in execution order; visiting a later
 layer first raises ``OutOfOrderError``).
 
@@ -22,14 +23,14 @@ nnsight 0.8.1 facts this relies on (checked in the installed source and by the t
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 import nnsight
 import torch
 from torch import nn
 
-from .models import decoder_mlps, forward_model, gate_modules, gate_shape
+from .models import decoder_layers, decoder_mlps, forward_model, gate_modules, gate_shape
 
 LogitsMode = Literal["all", "last", "none"]
 Reduce = Callable[[int, torch.Tensor], Any]
@@ -144,6 +145,97 @@ def select_logits(output: Any, mode: LogitsMode, mask: torch.Tensor | None) -> t
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# The one tracer
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def trace(
+    model: Any,
+    inputs: Mapping[str, Any],
+    *,
+    modules: Sequence[nn.Module] | None = None,
+    scale: torch.Tensor | None = None,
+    add: torch.Tensor | None = None,
+    positions: torch.Tensor | None = None,
+    patch: Sequence[torch.Tensor | None] | Mapping[int, torch.Tensor] | None = None,
+    patch_mask: torch.Tensor | None = None,
+    residual: Mapping[int, torch.Tensor] | None = None,
+    residual_positions: torch.Tensor | None = None,
+    read_residual: Iterable[int] = (),
+    read_gates: bool = True,
+    reduce: Reduce | None = None,
+    logits: LogitsMode = "all",
+    grad: bool = False,
+) -> tuple[torch.Tensor | None, list[Any], dict[int, torch.Tensor]]:
+    """One forward pass that edits, patches and reads the gates and the residual stream:
+    ``(logits, per-layer gates or reduce(i, gate), {layer: hidden})``. Logging, editing and patching all go
+    through it (:func:`trace_gates` and :func:`run_with_gate_edits` are its two common shapes).
+
+    Gate edits (``scale``, ``add``, ``positions``, ``patch``, ``patch_mask``) follow :func:`run_with_gate_edits`
+    and :func:`apply_gate_edit`. With ``read_gates`` the (edited) gates are returned, one entry per module
+    (``reduce(layer_index, gate)`` runs inside the trace and its value replaces the gate; None entries stay);
+    without it only the edited layers are touched at all. ``residual``: ``{layer: [B|1, T, H]}`` source hidden
+    states written into that decoder layer's output at ``residual_positions`` [B, T] (all positions when None);
+    ``read_residual``: layers whose (possibly patched) output hidden states are returned.
+    """
+    envoys, plan, root = _plan(model, inputs, modules, scale, add, positions, patch, patch_mask)
+    edits = dict(plan)
+    reads = {int(x) for x in read_residual}
+    res_plan = _residual_plan(model, residual, residual_positions)
+    touch = sorted(set(res_plan) | reads)
+    if touch and modules is not None:
+        raise ValueError("residual patching or reading needs the default modules (every decoder gate)")
+    layers = list(decoder_layers(model))
+    layer_envs = dict(zip(touch, _envoys(root, [layers[i] for i in touch]), strict=True))
+    mask = inputs.get("attention_mask")
+    with torch.set_grad_enabled(grad), root.trace(**inputs):
+        gates = nnsight.save([])
+        hidden = nnsight.save([])
+        for i in range(len(envoys)):
+            if read_gates or i in edits:
+                value = envoys[i].output
+                if i in edits:
+                    value = apply_gate_edit(value, **edits[i])
+                    envoys[i].output = value
+                if read_gates:
+                    gates.append(reduce(i, value) if reduce is not None else value)
+            if i in layer_envs:
+                raw = layer_envs[i].output
+                h = raw[0] if isinstance(raw, tuple) else raw
+                if i in res_plan:
+                    src, pos = res_plan[i]
+                    h = src.to(h.dtype).expand_as(h) if pos is None else torch.where(pos, src.to(h.dtype), h)
+                    layer_envs[i].output = (h, *raw[1:]) if isinstance(raw, tuple) else h
+                if i in reads:
+                    hidden.append((i, h))
+        out = nnsight.save(select_logits(root.output, logits, mask) if logits != "none" else None)
+    return out, list(gates), dict(hidden)
+
+
+def _residual_plan(model: Any, residual: Mapping[int, torch.Tensor] | None, residual_positions: torch.Tensor | None
+                   ) -> dict[int, tuple[torch.Tensor, torch.Tensor | None]]:
+    """Validated ``{layer: (source [B|1, T, H] on that layer's device, positions [B, T, 1] or None)}``."""
+    mlps = decoder_mlps(model)
+    out: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
+    for layer, src in (residual or {}).items():
+        layer = int(layer)
+        if not 0 <= layer < len(mlps):
+            raise ValueError(f"residual patch for layer {layer} but the model has {len(mlps)} layers")
+        dev: torch.device = mlps[layer].gate_proj.weight.device
+        pos = None
+        if residual_positions is not None:
+            p = torch.as_tensor(residual_positions)
+            if p.dtype != torch.bool or p.ndim != 2:
+                raise TypeError("`residual_positions` must be a bool tensor [B, T]")
+            pos = p[:, :, None].to(dev)
+        src = torch.as_tensor(src)
+        if src.ndim != 3:
+            raise ValueError(f"residual source for layer {layer} must be [B|1, T, H], got shape {tuple(src.shape)}")
+        out[layer] = (src.to(dev), pos)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # Reading
 # --------------------------------------------------------------------------------------------------------------------
 
@@ -171,20 +263,8 @@ def trace_gates(
     ``modules`` (default: every decoder gate) must be given in execution order. ``logits``: ``"all"`` [B, T, V],
     ``"last"`` [B, V] (each row's last attended position) or ``"none"``.
     """
-    root = nnsight_model(model)
-    mods = list(modules) if modules is not None else gate_modules(model)
-    envoys = _envoys(root, mods)
-    mask = inputs.get("attention_mask")
-    with torch.set_grad_enabled(grad), root.trace(**inputs):
-        gates = nnsight.save([])
-        for i, env in enumerate(envoys):
-            value = env.output
-            if reduce is not None:
-                value = reduce(i, value)
-            if value is not None:
-                gates.append(value)
-        out = nnsight.save(select_logits(root.output, logits, mask) if logits != "none" else None)
-    return out, gates
+    out, gates, _ = trace(model, inputs, modules=modules, reduce=reduce, logits=logits, grad=grad)
+    return out, [g for g in gates if g is not None]
 
 
 def hook_gates(model: Any, inputs: Mapping[str, Any]) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -388,12 +468,8 @@ def run_with_gate_edits(
     as a list of L entries or a dict ``{layer: tensor}``, e.g. from :func:`trace_gates`). Layers whose scale is all
     ones, add all zeros and patch empty are not touched at all.
     """
-    envoys, plan, root = _plan(model, inputs, modules, scale, add, positions, patch, patch_mask)
-    mask = inputs.get("attention_mask")
-    with torch.no_grad(), root.trace(**inputs):
-        for i, edit in plan:
-            envoys[i].output = apply_gate_edit(envoys[i].output, **edit)
-        out = nnsight.save(select_logits(root.output, logits, mask) if logits != "none" else None)
+    out, _, _ = trace(model, inputs, modules=modules, scale=scale, add=add, positions=positions, patch=patch,
+                      patch_mask=patch_mask, read_gates=False, logits=logits)
     if check_finite and out is not None and not bool(torch.isfinite(out).all()):
         raise NonFiniteEditError(
             "the gate edit produced NaN/inf logits: the amplification (alpha) is too large for this model/dtype; "
