@@ -3,8 +3,9 @@
 One tracer serves the whole method: :func:`trace` edits, patches and reads every layer's ``act_fn`` output and the
 residual stream in one forward pass; :func:`trace_gates` (read: Log / Identify) and :func:`run_with_gate_edits`
 (write: Intervene) are its two common shapes, the grounding patches call it directly, and
-:func:`generate_with_gate_edits` applies the same edit plan at every generation step. All three open ``with nn_model.trace(...)`` on an ``nnsight.NNsight`` wrapper of the text-producing
-model and touch the gate envoys in layer order (nnsight serves module outputs in execution order; visiting a later
+:func:`generate_with_gate_edits` applies the same edit plan at every generation step. Both open
+``with nn_model.trace(...)`` on an ``nnsight.NNsight`` wrapper of the text-producing model and touch the gate envoys
+in layer order (nnsight serves module outputs in execution order; visiting a later
 layer first raises ``OutOfOrderError``).
 
 nnsight 0.8.1 facts this relies on (checked in the installed source and by the tests):
