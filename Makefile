@@ -69,13 +69,13 @@ book/executed/%.ipynb: $(RUN)/%/metrics.json
 	cp $(RUN)/$*/$*.ipynb $@
 
 # Stages 03-06 depend only on 02: `make book` runs them two at a time, one torch thread each (on 2 cores that
-# beats one stage at a time on two threads: the organism's matmuls are too small to use both cores well).
-# JOBS=1 runs everything in sequence.
+# beats one stage at a time on two threads: the organism's matmuls are too small to use both cores well); the
+# two corpora and MathJax are made side by side too. JOBS=1 runs everything in sequence.
 JOBS ?= 2
 FIRST_STAGES := $(filter 00_organism 01_logging 02_selectors,$(STAGES))
 LATER_STAGES := $(filter-out $(FIRST_STAGES),$(STAGES))
-book: $(STAMP) $(MATHJAX)
-	$(MAKE) --no-print-directory $(foreach s,$(FIRST_STAGES),book/executed/$(s).ipynb)
+book: $(STAMP)
+	$(MAKE) --no-print-directory -j$(JOBS) $(MATHJAX) $(foreach s,$(FIRST_STAGES),book/executed/$(s).ipynb)
 	$(if $(LATER_STAGES),$(if $(filter 1,$(JOBS)),,OMP_NUM_THREADS=1) $(MAKE) --no-print-directory -j$(JOBS) \
 		$(foreach s,$(LATER_STAGES),book/executed/$(s).ipynb))
 	$(PYTHON) -m helpers.bench --page book/generated/benchmarks.md --out bench/results.json --runs $(RUN)
