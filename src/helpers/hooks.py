@@ -33,6 +33,8 @@ from .models import decoder_layers, forward_model, gate_modules, gate_shape
 
 LogitsMode = Literal["all", "last", "none"]
 Reduce = Callable[[int, torch.Tensor], Any]
+#: An input-dependent gate edit of :func:`run_with_gate_edits`: ``fn(gate [B, T, N], positions [B|1, T] | None)``.
+GateFn = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
 _WRAPPER_ATTR = "_esn_nnsight_wrapper"
 
@@ -376,6 +378,7 @@ def run_with_gate_edits(
     modules: Sequence[nn.Module] | None = None,
     logits: LogitsMode = "all",
     check_finite: bool = True,
+    gate_fns: Mapping[int, GateFn] | None = None,
 ) -> torch.Tensor | None:
     """Forward pass with batched gate edits; returns logits (``"all"`` [B, T, V] by default).
 
@@ -384,12 +387,19 @@ def run_with_gate_edits(
     patching the neurons in ``patch_mask`` [B|1, L, N] to values from another run (``patch``: per layer [B|1, T, N],
     as a list of L entries or a dict ``{layer: tensor}``, e.g. from :func:`trace_gates`). Layers whose scale is all
     ones, add all zeros and patch empty are not touched at all.
+
+    ``gate_fns`` ``{layer: fn}``: an input-dependent edit (e.g. removing sparse-autoencoder features, whose codes
+    depend on the gate itself), ``gate <- fn(gate, positions)`` after the tensor edits of that layer; ``positions``
+    is the validated [B|1, T] bool mask (None = every position) and ``fn`` must leave the other positions alone.
     """
     envoys, plan, root = _plan(model, inputs, modules, scale, add, positions, patch, patch_mask)
+    fns = _as_gate_fns(gate_fns, len(envoys))
+    pos_t = _as_positions(positions, _batch_size(inputs)) if fns else None
+    steps = [(i, dict(plan).get(i), fns.get(i)) for i in sorted({i for i, _ in plan} | set(fns))]
     mask = inputs.get("attention_mask")
     with torch.no_grad(), root.trace(**inputs):
-        for i, edit in plan:
-            envoys[i].output = apply_gate_edit(envoys[i].output, **edit)
+        for i, edit, fn in steps:
+            envoys[i].output = _edit_layer(envoys[i].output, edit, fn, pos_t)
         out = nnsight.save(select_logits(root.output, logits, mask) if logits != "none" else None)
     if check_finite and out is not None and not bool(torch.isfinite(out).all()):
         raise NonFiniteEditError(
@@ -397,6 +407,24 @@ def run_with_gate_edits(
             "lower alpha or run in float32"
         )
     return out
+
+
+def _as_gate_fns(gate_fns: Mapping[int, GateFn] | None, n_layers: int) -> dict[int, GateFn]:
+    out: dict[int, GateFn] = {}
+    for layer, fn in (gate_fns or {}).items():
+        if not 0 <= int(layer) < n_layers:
+            raise ValueError(f"gate_fns given for layer {layer} but the model has {n_layers} layers")
+        if not callable(fn):
+            raise TypeError(f"gate_fns[{layer}] must be callable (gate, positions) -> gate, got {type(fn).__name__}")
+        out[int(layer)] = fn
+    return out
+
+
+def _edit_layer(gate: torch.Tensor, edit: dict[str, torch.Tensor | None] | None, fn: GateFn | None,
+                positions: torch.Tensor | None) -> torch.Tensor:
+    """One layer's edit: the tensor edit of :func:`apply_gate_edit`, then the input-dependent ``fn``."""
+    new = apply_gate_edit(gate, **edit) if edit is not None else gate
+    return fn(new, positions.to(new.device) if positions is not None else None) if fn is not None else new
 
 
 def generate_with_gate_edits(
