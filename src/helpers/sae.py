@@ -211,7 +211,8 @@ def train_sae(x: torch.Tensor, cfg: SAEConfig) -> tuple[TopKSAE, dict[str, list[
 
 def save_sae(sae: TopKSAE, folder: str | Path, *, hook_name: str = "", meta: Mapping[str, Any] | None = None) -> Path:
     """Write ``cfg.json`` + ``sae_weights.safetensors`` (SAELens' names and shapes: ``W_enc [d_in, d_sae]``,
-    ``W_dec [d_sae, d_in]``); the training config is kept under ``"training"`` in ``cfg.json``."""
+    ``W_dec [d_sae, d_in]``); the training config is kept under ``"metadata"`` / ``"training"`` in ``cfg.json``.
+    Not checked by loading with SAELens itself (it is not a dependency)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     c = sae.cfg
@@ -219,7 +220,8 @@ def save_sae(sae: TopKSAE, folder: str | Path, *, hook_name: str = "", meta: Map
         "architecture": "topk", "d_in": c.d_in, "d_sae": c.d_sae, "k": c.k, "activation_fn": "topk",
         "activation_fn_kwargs": {"k": c.k}, "apply_b_dec_to_input": True, "normalize_activations": "none",
         "dtype": "float32", "device": "cpu", "hook_name": hook_name, "model_name": "", "hook_layer": -1,
-        "training": asdict(c), "meta": dict(meta or {}),
+        # SAELens v6 keeps provenance under "metadata"; our training config and notes go there too
+        "metadata": {"hook_name": hook_name, "training": asdict(c), **dict(meta or {})},
     }
     tensors = {n: getattr(sae, n).detach().contiguous().clone() for n in ("W_enc", "b_enc", "W_dec", "b_dec")}
     atomic_save(folder / WEIGHTS_FILE, lambda p: save_file(tensors, str(p)))
@@ -235,7 +237,7 @@ def load_sae(folder: str | Path) -> TopKSAE:
     raw = json.loads((folder / CFG_FILE).read_text())
     if raw.get("architecture") not in ("topk", "batchtopk"):
         raise ValueError(f"{folder / CFG_FILE}: architecture {raw.get('architecture')!r} is not a TopK SAE")
-    train = dict(raw.get("training") or {})
+    train = dict((raw.get("metadata") or {}).get("training") or {})
     k = raw.get("k", (raw.get("activation_fn_kwargs") or {}).get("k"))
     expansion, rem = divmod(int(raw["d_sae"]), int(raw["d_in"]))
     if rem:
