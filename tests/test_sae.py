@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from tiny_models import build_tiny, tiny_inputs
@@ -156,3 +157,45 @@ def test_bad_training_rows():
         S.train_sae(torch.zeros(10, 9), cfg)
     with pytest.raises(ValueError, match="finite"):
         S.train_sae(torch.full((10, 8), math.nan), cfg)
+
+
+# ---------------------------------------------------------------------------------------------- on the organism
+@pytest.fixture(scope="module")
+def few_items(small_corpora):
+    from helpers import corpus
+
+    return corpus.load(small_corpora["A"], split="identify").groupby("label", group_keys=False).head(3)
+
+
+def test_answer_gates_are_the_gates_at_the_last_position(organism, few_items):
+    from helpers import evaluation
+    from helpers.hooks import hook_gates
+
+    got = S.answer_gates(organism, few_items, capacity=64, batch_size=5)
+    batch = organism.batch_inputs(few_items)
+    logits, gates = hook_gates(organism.model, batch.inputs)
+    pred = organism.label_logits(batch, logits).argmax(-1)
+    y = torch.from_numpy(evaluation.label_indices(few_items.label, organism.labels))
+    last = organism.position_masks(batch)["last"]
+    want = torch.stack([g[last] for g in gates], dim=1)[pred == y]  # [counted items, L, N]
+    rows, labels = got.reservoir.data()
+    assert torch.allclose(rows, want, atol=1e-5) and torch.equal(labels, y[pred == y])
+    assert (got.y_pred == pred.numpy()).all()
+
+
+def test_empty_edit_on_the_organism_gives_the_clean_logits(organism, few_items):
+    from helpers import interventions as iv
+
+    n_layers, n_neurons = gate_shape(organism.model)
+    saes = [_untrained_sae(n_neurons, seed=i) for i in range(n_layers)]
+    edits = [S.FeatureEdit("clean"), S.removal(torch.zeros(0, 2), name="empty"),
+             S.removal(torch.tensor([[1, int(j)] for j in range(0, 2048, 4)]), name="many")]
+    ll = S.run_feature_edits(organism, few_items, saes, edits, batch_size=5)
+    ref = iv.run_conditions(organism, few_items, [iv.identity()], batch_size=5, progress=False)[0]
+    assert np.array_equal(ll[0], ref) and np.array_equal(ll[1], ref)
+    assert not np.allclose(ll[2], ref)  # a real removal does change the answer logits
+
+
+def _untrained_sae(d_in: int, seed: int) -> S.TopKSAE:
+    """An untrained SAE whose latents fire (random unit decoder rows, encoder tied)."""
+    return S.TopKSAE(S.SAEConfig(d_in=d_in, expansion=4, k=16), torch.Generator().manual_seed(seed))
