@@ -523,6 +523,45 @@ def run_feature_edits(subject: Subject, df: pd.DataFrame, saes: Sequence[TopKSAE
     return out
 
 
+# --------------------------------------------------------------------------------------------------------------------
+# Grounding of feature sets (chapter 06's calibrated coefficient, total effects at the answer position)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def total_effect_runs(subject: Subject, pairs: pd.DataFrame, side: str, saes: Sequence[TopKSAE], *,
+                      live: torch.Tensor | None = None, batch_size: int = 64) -> dict[str, Any]:
+    """``{"neurons": PatchResult, "features": PatchResult}`` of the *total* effect of one side, as chapter 06's
+    :func:`~helpers.grounding.total_effect`: ``before`` = the base prompt, ``after`` = ``source`` = the
+    counterfactual prompt, both read at the answer position, as gate values and as SAE codes (one pass each).
+
+    ``live`` [L, d_sae] bool: the features read (default all); the null of
+    :func:`helpers.grounding.set_grounding` draws random sets among the read units, so pass the live features
+    (dead ones never move and would make a typical feature look still). The label logits are one-hot
+    predictions (``set_grounding`` reads only the activations and the number of items).
+    """
+    from .grounding import PatchResult, pair_rows
+
+    base, cf = pair_rows(pairs)
+    runs = [answer_gates(subject, rows, capacity=max(len(rows), 1), only_correct=False, batch_size=batch_size)
+            for rows in (base, cf)]
+    gates = [r.reservoir.data()[0] for r in runs]  # [n, L, N] in row order (the capacity holds every row)
+    with torch.no_grad():
+        codes = [torch.stack([s.encode(g[:, i]) for i, s in enumerate(saes)], 1) for g in gates]
+    n_labels = len(subject.labels)
+    onehot = [torch.nn.functional.one_hot(torch.from_numpy(r.y_pred).long(), n_labels).float() for r in runs]
+    out = {}
+    for kind, (a0, a1), read in (("neurons", gates, None), ("features", codes, live)):
+        index = (read if read is not None else torch.ones(a0.shape[1], a0.shape[2], dtype=torch.bool)).nonzero()
+        before, after = (a[:, index[:, 0], index[:, 1]].float() for a in (a0, a1))
+        out[kind] = PatchResult(side=side, direction="denoise", what="input", layers=list(range(a0.shape[1])),
+                                labels=tuple(subject.labels), base_rows=base, cf_rows=cf,
+                                cf_emotion=pairs["cf_emotion"].tolist(), read_index=index, n_patched=0,
+                                logits_before=onehot[0], logits_after=onehot[1], logits_source=onehot[1],
+                                act_before={"answer": before}, act_after={"answer": after},
+                                act_source={"answer": after.clone()})
+    return out
+
+
 def accuracy_recovered(acc_clean: float, acc_spliced: float, acc_zero: float) -> dict[str, float]:
     """``ratio`` = acc_spliced / acc_clean (1 = no loss; the headline) and ``vs_zero`` = (spliced - zero) /
     (clean - zero), the share of the zero-ablation loss the reconstruction avoids (NaN when zeroing the layer
@@ -535,5 +574,5 @@ def accuracy_recovered(acc_clean: float, acc_spliced: float, acc_zero: float) ->
 __all__ = [
     "AnswerGates", "FeatureEdit", "Reservoir", "SAEConfig", "TopKSAE", "accuracy_recovered", "answer_gates",
     "decoder_mass", "feature_edit_fn", "feature_stats", "load_sae", "load_saes", "quality", "removal",
-    "run_feature_edits", "save_sae", "save_saes", "train_layers", "train_sae",
+    "run_feature_edits", "save_sae", "save_saes", "total_effect_runs", "train_layers", "train_sae",
 ]
