@@ -199,3 +199,29 @@ def test_empty_edit_on_the_organism_gives_the_clean_logits(organism, few_items):
 def _untrained_sae(d_in: int, seed: int) -> S.TopKSAE:
     """An untrained SAE whose latents fire (random unit decoder rows, encoder tied)."""
     return S.TopKSAE(S.SAEConfig(d_in=d_in, expansion=4, k=16), torch.Generator().manual_seed(seed))
+
+
+def test_total_effect_runs_feed_chapter_06s_set_grounding(organism, small_corpora):
+    from helpers import corpus
+    from helpers import grounding as gr
+
+    labels = list(organism.labels)
+    pool = corpus.load(small_corpora["A"], context=None, reliability=None)
+    pool = pool[pool.split == "evaluate"]
+    ap, tp = gr.audio_pairs(pool, labels).head(4), gr.text_pairs(pool, labels).head(4)
+    n_layers, n_neurons = gate_shape(organism.model)
+    saes = [_untrained_sae(n_neurons, seed=i) for i in range(n_layers)]
+    live = torch.zeros(n_layers, saes[0].cfg.d_sae, dtype=torch.bool)
+    live[:, :64] = True
+    runs = {side: S.total_effect_runs(organism, p, side, saes, live=live, batch_size=3)
+            for side, p in (("audio", ap), ("text", tp))}
+    a = runs["audio"]
+    assert a["neurons"].act_before["answer"].shape == (4, n_layers * n_neurons)
+    assert a["features"].act_before["answer"].shape == (4, n_layers * 64)
+    # the features are the SAE codes of the same gates
+    g0 = a["neurons"].act_before["answer"][:, :n_neurons]
+    assert torch.allclose(a["features"].act_before["answer"][:, :64], saes[0].encode(g0)[:, :64], atol=1e-5)
+    sets = {"x": torch.tensor([[0, 1], [1, 2]])}
+    t = gr.set_grounding(runs["audio"]["features"], runs["text"]["features"], sets, n_layers, saes[0].cfg.d_sae,
+                         n_boot=0)
+    assert list(t.set) == ["x"] and "coefficient" in t
