@@ -174,7 +174,10 @@ def test_sae_metrics(run):
     assert all(0 < v <= 4 for v in m["l0"].values())  # TopK with k_active = 4
     assert all(0 <= v <= 1 for v in m["dead_fraction"].values())
     assert set(m["gap"]) == {"neurons", "features"} and set(m["gap"]["features"]) == {"2", "4"}
-    assert m["grounding_coefficient"] is None and m["grounding_coefficient_reason"]
+    g = m["grounding_coefficient"]
+    assert (g is None and m["grounding_coefficient_reason"]) or set(g) == {"features", "neurons"}
+    if g is not None:
+        assert all(v is None or 0 <= v <= 1 for part in g.values() for v in part.values())
     assert m["empty_edit_max_abs_logit_change"] == 0.0
     assert (run / "07_sae" / "saes" / "layer_0" / "cfg.json").is_file()
 
