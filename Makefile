@@ -20,7 +20,7 @@ HELPERS := $(wildcard src/helpers/*.py)
 ORGANISM := models/organism/model.safetensors models/organism/training_card.json
 CORPUS := data/corpus/A/manifest.json data/corpus/B/manifest.json
 MATHJAX := _vendor/mathjax/tex-svg.js
-STAGES ?= 00_organism 01_logging 02_selectors 03_deactivation 04_steering 05_transfer 06_grounding
+STAGES ?= 00_organism 01_logging 02_selectors 03_deactivation 04_steering 05_transfer 06_grounding 07_sae
 STAGE_NB = $(PYTHON) -m helpers.pipeline run '$(1)' --config "$$CONFIG" --book-copy 'book/executed/$(1).ipynb'
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export HF_HUB_OFFLINE := 1
@@ -63,6 +63,7 @@ $(RUN)/%/metrics.json: notebooks/%.md $(HELPERS) $(CONFIG_DEP) $(ORGANISM) $(COR
 $(RUN)/02_selectors/metrics.json: $(RUN)/01_logging/metrics.json
 $(RUN)/03_deactivation/metrics.json $(RUN)/04_steering/metrics.json: $(RUN)/02_selectors/metrics.json
 $(RUN)/05_transfer/metrics.json $(RUN)/06_grounding/metrics.json: $(RUN)/02_selectors/metrics.json
+$(RUN)/07_sae/metrics.json: $(RUN)/01_logging/metrics.json $(RUN)/02_selectors/metrics.json
 
 book/executed/%.ipynb: $(RUN)/%/metrics.json
 	@mkdir -p book/executed

@@ -25,6 +25,7 @@ SMALL = {
     "05_transfer": {"limit_per_class": 6, "random_seeds": [0], "n_boot": 20, "selectors": ["mad", "lap"]},
     "06_grounding": {"max_pairs": 8, "n_boot": 20, "known_answer_pairs": 16, "residual_pairs": 4,
                      "dissociation_k": 4, "random_seeds": [0]},
+    "07_sae": {"limit_per_class": 4, "unit_ks": [2, 4], "sae_steps": 10, "reservoir": 64, "k_active": 4, "aux_k": 8},
 }
 
 
@@ -164,6 +165,21 @@ def test_grounding_metrics(run):
     assert d["double_dissociation"] == (d["text_sets"]["text_following"] < d["text_sets"]["audio_following"]
                                         and d["audio_sets"]["audio_following"] < d["audio_sets"]["text_following"])
     assert set(m["dissociation_by_reliability"]) == {"clear", "faint", "none"}
+
+
+def test_sae_metrics(run):
+    m = metrics(run, "07_sae")
+    for key in ("l0", "fvu", "dead_fraction", "accuracy_recovered"):
+        assert set(m[key]) == {str(i) for i in range(len(m["l0"]))} and len(m[key]) >= 1, key
+    assert all(0 < v <= 4 for v in m["l0"].values())  # TopK with k_active = 4
+    assert all(0 <= v <= 1 for v in m["dead_fraction"].values())
+    assert set(m["gap"]) == {"neurons", "features"} and set(m["gap"]["features"]) == {"2", "4"}
+    g = m["grounding_coefficient"]
+    assert (g is None and m["grounding_coefficient_reason"]) or set(g) == {"features", "neurons"}
+    if g is not None:
+        assert all(v is None or 0 <= v <= 1 for part in g.values() for v in part.values())
+    assert m["empty_edit_max_abs_logit_change"] == 0.0
+    assert (run / "07_sae" / "saes" / "layer_0" / "cfg.json").is_file()
 
 
 def test_grounding_skips_cleanly_without_pairs_or_text_context(tmp_path):

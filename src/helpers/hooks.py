@@ -35,6 +35,8 @@ from .models import decoder_layers, decoder_mlps, forward_model, gate_modules, g
 
 LogitsMode = Literal["all", "last", "none"]
 Reduce = Callable[[int, torch.Tensor], Any]
+#: An input-dependent gate edit of :func:`run_with_gate_edits`: ``fn(gate [B, T, N], positions [B|1, T] | None)``.
+GateFn = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
 _WRAPPER_ATTR = "_esn_nnsight_wrapper"
 
@@ -160,6 +162,7 @@ def trace(
     positions: torch.Tensor | None = None,
     patch: Sequence[torch.Tensor | None] | Mapping[int, torch.Tensor] | None = None,
     patch_mask: torch.Tensor | None = None,
+    gate_fns: Mapping[int, GateFn] | None = None,
     residual: Mapping[int, torch.Tensor] | None = None,
     residual_positions: torch.Tensor | None = None,
     read_residual: Iterable[int] = (),
@@ -173,14 +176,19 @@ def trace(
     through it (:func:`trace_gates` and :func:`run_with_gate_edits` are its two common shapes).
 
     Gate edits (``scale``, ``add``, ``positions``, ``patch``, ``patch_mask``) follow :func:`run_with_gate_edits`
-    and :func:`apply_gate_edit`. With ``read_gates`` the (edited) gates are returned, one entry per module
+    and :func:`apply_gate_edit`; ``gate_fns`` ``{layer: fn(gate, positions)}`` add input-dependent edits after them
+    (see :func:`run_with_gate_edits`). With ``read_gates`` the (edited) gates are returned, one entry per module
     (``reduce(layer_index, gate)`` runs inside the trace and its value replaces the gate; None entries stay);
     without it only the edited layers are touched at all. ``residual``: ``{layer: [B|1, T, H]}`` source hidden
     states written into that decoder layer's output at ``residual_positions`` [B, T] (all positions when None);
     ``read_residual``: layers whose (possibly patched) output hidden states are returned.
     """
     envoys, plan, root = _plan(model, inputs, modules, scale, add, positions, patch, patch_mask)
-    edits = dict(plan)
+    edits: dict[int, dict[str, torch.Tensor | None] | None] = dict(plan)
+    fns = _as_gate_fns(gate_fns, len(envoys))
+    pos_t = _as_positions(positions, _batch_size(inputs)) if fns else None
+    for i in fns:
+        edits.setdefault(i, None)
     reads = {int(x) for x in read_residual}
     res_plan = _residual_plan(model, residual, residual_positions)
     touch = sorted(set(res_plan) | reads)
@@ -196,7 +204,7 @@ def trace(
             if read_gates or i in edits:
                 value = envoys[i].output
                 if i in edits:
-                    value = apply_gate_edit(value, **edits[i])
+                    value = _edit_layer(value, edits[i], fns.get(i), pos_t)
                     envoys[i].output = value
                 if read_gates:
                     gates.append(reduce(i, value) if reduce is not None else value)
@@ -460,6 +468,7 @@ def run_with_gate_edits(
     modules: Sequence[nn.Module] | None = None,
     logits: LogitsMode = "all",
     check_finite: bool = True,
+    gate_fns: Mapping[int, GateFn] | None = None,
 ) -> torch.Tensor | None:
     """Forward pass with batched gate edits; returns logits (``"all"`` [B, T, V] by default).
 
@@ -468,15 +477,37 @@ def run_with_gate_edits(
     patching the neurons in ``patch_mask`` [B|1, L, N] to values from another run (``patch``: per layer [B|1, T, N],
     as a list of L entries or a dict ``{layer: tensor}``, e.g. from :func:`trace_gates`). Layers whose scale is all
     ones, add all zeros and patch empty are not touched at all.
+
+    ``gate_fns`` ``{layer: fn}``: an input-dependent edit (e.g. removing sparse-autoencoder features, whose codes
+    depend on the gate itself), ``gate <- fn(gate, positions)`` after the tensor edits of that layer; ``positions``
+    is the validated [B|1, T] bool mask (None = every position) and ``fn`` must leave the other positions alone.
     """
     out, _, _ = trace(model, inputs, modules=modules, scale=scale, add=add, positions=positions, patch=patch,
-                      patch_mask=patch_mask, read_gates=False, logits=logits)
+                      patch_mask=patch_mask, gate_fns=gate_fns, read_gates=False, logits=logits)
     if check_finite and out is not None and not bool(torch.isfinite(out).all()):
         raise NonFiniteEditError(
             "the gate edit produced NaN/inf logits: the amplification (alpha) is too large for this model/dtype; "
             "lower alpha or run in float32"
         )
     return out
+
+
+def _as_gate_fns(gate_fns: Mapping[int, GateFn] | None, n_layers: int) -> dict[int, GateFn]:
+    out: dict[int, GateFn] = {}
+    for layer, fn in (gate_fns or {}).items():
+        if not 0 <= int(layer) < n_layers:
+            raise ValueError(f"gate_fns given for layer {layer} but the model has {n_layers} layers")
+        if not callable(fn):
+            raise TypeError(f"gate_fns[{layer}] must be callable (gate, positions) -> gate, got {type(fn).__name__}")
+        out[int(layer)] = fn
+    return out
+
+
+def _edit_layer(gate: torch.Tensor, edit: dict[str, torch.Tensor | None] | None, fn: GateFn | None,
+                positions: torch.Tensor | None) -> torch.Tensor:
+    """One layer's edit: the tensor edit of :func:`apply_gate_edit`, then the input-dependent ``fn``."""
+    new = apply_gate_edit(gate, **edit) if edit is not None else gate
+    return fn(new, positions.to(new.device) if positions is not None else None) if fn is not None else new
 
 
 def generate_with_gate_edits(

@@ -26,6 +26,7 @@ STAGES: tuple[str, ...] = (
     "04_steering",
     "05_transfer",
     "06_grounding",
+    "07_sae",
 )
 
 
