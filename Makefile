@@ -21,7 +21,7 @@ ORGANISM := models/organism/model.safetensors models/organism/training_card.json
 CORPUS := data/corpus/A/manifest.json data/corpus/B/manifest.json
 MATHJAX := _vendor/mathjax/tex-svg.js
 STAGES ?= 00_organism 01_logging 02_selectors 03_deactivation 04_steering 05_transfer 06_grounding
-STAGE_NB = $(PYTHON) -m helpers.pipeline run '$(1)' --config "$$CONFIG" --book-copy 'book/executed/$(1).ipynb'
+STAGE_NB = $(PYTHON) -m helpers.pipeline run '$(1)' --no-upstream --config "$$CONFIG" --book-copy 'book/executed/$(1).ipynb'
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export HF_HUB_OFFLINE := 1
 export PYTHONHASHSEED := 0

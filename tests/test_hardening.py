@@ -357,7 +357,7 @@ def test_clean_stale_restores_a_result_moved_aside_by_a_cut_swap(tmp_path):
 def test_downstream_stage_refuses_inputs_produced_under_other_parameters(fake_notebooks, fake_config, tmp_path,
                                                                         capsys, untouched):
     rdir = tmp_path / "run"
-    base = ["--config", str(fake_config), "-p", "run_dir", str(rdir)]
+    base = ["--no-upstream", "--config", str(fake_config), "-p", "run_dir", str(rdir)]  # make run: tests/test_rerun.py
     assert run_main(["run", "01_logging", *base], capsys)[0] == 0
     rc, err = run_main(["run", "02_selectors", *base, "-p", "labels", "[a, b, c]"], capsys)
     assert rc == 2
@@ -374,7 +374,8 @@ def test_downstream_stage_refuses_inputs_produced_under_other_parameters(fake_no
 def test_downstream_stage_without_its_input_says_which_stage_to_run(fake_notebooks, fake_config, tmp_path, capsys,
                                                                     untouched):
     rdir = tmp_path / "run"
-    rc, err = run_main(["run", "02_selectors", "--config", str(fake_config), "-p", "run_dir", str(rdir)], capsys)
+    rc, err = run_main(["run", "02_selectors", "--no-upstream", "--config", str(fake_config), "-p", "run_dir",
+                        str(rdir)], capsys)
     assert rc == 2 and "reads the outputs of 01_logging" in err and "make run NB=01_logging" in err
     assert not rdir.exists()
 
@@ -424,9 +425,13 @@ def test_misspelled_override_is_refused_with_a_suggestion(tmp_path, capsys, unto
 
 
 def test_override_the_stage_does_not_read_is_refused(tmp_path, capsys, untouched):
-    rc, err = run_main(["run", "02_selectors", "-p", "limit_per_class", "5", "-p", "run_dir", str(tmp_path / "r")],
-                       capsys)
+    rc, err = run_main(["run", "02_selectors", "--no-upstream", "-p", "limit_per_class", "5", "-p", "run_dir",
+                        str(tmp_path / "r")], capsys)
     assert rc == 2 and "stage 02_selectors does not read `limit_per_class`" in err and "01_logging" in err
+    # make run also accepts what a stage it needs reads (02 needs 01, which reads limit_per_class), not more
+    rc, err = run_main(["run", "01_logging", "-p", "n_boot", "5", "-p", "run_dir", str(tmp_path / "r")], capsys)
+    assert rc == 2 and "stage 01_logging does not read `n_boot`, nor do the stages it needs (none)" in err
+    assert "03_deactivation" in err and not (tmp_path / "r").exists()
 
 
 def test_dataset_key_chooses_the_identification_dataset():
