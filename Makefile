@@ -64,11 +64,16 @@ $(RUN)/02_selectors/metrics.json: $(RUN)/01_logging/metrics.json
 $(RUN)/03_deactivation/metrics.json $(RUN)/04_steering/metrics.json: $(RUN)/02_selectors/metrics.json
 $(RUN)/05_transfer/metrics.json $(RUN)/06_grounding/metrics.json: $(RUN)/02_selectors/metrics.json
 
+# the book's copy: parameter cells hidden (each chapter shows its parameter table), no progress bars, no paths
+# of the build machine (helpers.pipeline.clean_for_book)
 book/executed/%.ipynb: $(RUN)/%/metrics.json
-	@mkdir -p book/executed
-	cp $(RUN)/$*/$*.ipynb $@
+	$(PYTHON) -m helpers.pipeline book-copy $(RUN)/$*/$*.ipynb $@
 
-book: $(STAMP) $(MATHJAX) $(foreach s,$(STAGES),book/executed/$(s).ipynb)
+# results against the paper, generated from the run's metrics.json files (helpers.claims)
+book/results.md: $(foreach s,$(STAGES),$(RUN)/$(s)/metrics.json) src/helpers/claims.py | $(STAMP)
+	$(PYTHON) -m helpers.claims --run $(RUN) --out $@
+
+book: $(STAMP) $(MATHJAX) $(foreach s,$(STAGES),book/executed/$(s).ipynb) book/results.md
 	$(BIN)/jupyter-book build . --builder html -W -n --keep-going
 	@echo "book: _build/html/index.html"
 

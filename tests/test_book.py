@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import pipeline
+from helpers import claims, pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -68,12 +68,15 @@ def test_failed_stage_leaves_no_finished_notebook(small_corpora, tmp_path):
 def built_book(executed_00, tmp_path_factory) -> Path:
     """The book's real config and prose pages with the executed test notebook, built with warnings as errors."""
     src = tmp_path_factory.mktemp("book")
-    for name in ("_config.yml", "_vendor", "bench"):
+    for name in ("_config.yml", "_vendor", "bench", "src"):  # src: the method page includes its functions
         target = ROOT / name
-        (shutil.copytree if target.is_dir() else shutil.copy)(target, src / name)
-    shutil.copytree(ROOT / "book", src / "book", ignore=shutil.ignore_patterns("executed"))
+        (shutil.copytree if target.is_dir() else shutil.copy)(target, src / name,
+                                                                 **({"ignore": shutil.ignore_patterns("__pycache__")}
+                                                                    if target.is_dir() else {}))
+    shutil.copytree(ROOT / "book", src / "book", ignore=shutil.ignore_patterns("executed", "results.md"))
     (src / "book" / "executed").mkdir()
-    shutil.copy(executed_00, src / "book" / "executed" / "00_organism.ipynb")
+    pipeline.book_copy(executed_00, src / "book" / "executed" / "00_organism.ipynb")  # as make book copies it
+    claims.write_page(executed_00.parent.parent, src / "book" / "results.md")  # as make book generates it
     toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
     for part in toc["parts"]:
         part["chapters"] = [c for c in part["chapters"]

@@ -230,3 +230,36 @@ def test_documented_make_run_command_gives_a_complete_run(page, command):
         assert f"executed {stage} -> runs/{rdir.name}/{stage}/{stage}.ipynb" in proc.stdout
     finally:
         shutil.rmtree(rdir, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The book's copy of an executed notebook
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_the_books_copy_hides_parameter_cells_and_drops_paths_and_progress_bars(tmp_path):
+    root = pipeline.ROOT
+    home = Path.home()
+    nb = {"metadata": {"papermill": {"output_path": f"{root}/runs/organism/.03_deactivation.0123abcd.tmp/x.ipynb"}},
+          "nbformat": 4, "nbformat_minor": 5, "cells": [
+              {"cell_type": "code", "metadata": {"tags": ["parameters"]}, "source": "n_boot = 1000", "outputs": []},
+              {"cell_type": "code", "metadata": {"tags": ["injected-parameters"]}, "source": "n_boot = 200",
+               "outputs": []},
+              {"cell_type": "code", "metadata": {}, "source": "run()", "outputs": [
+                  {"output_type": "stream", "name": "stderr", "text": f"{root}/.venv/lib/tqdm/auto.py:21: TqdmWarning"},
+                  {"output_type": "display_data", "metadata": {}, "data": {
+                      "application/vnd.jupyter.widget-view+json": {"model_id": "x"}, "text/plain": "HBox()"}},
+                  {"output_type": "stream", "name": "stdout", "text": f"read {root}/data/corpus/A and {home}/x"}]},
+              {"cell_type": "markdown", "metadata": {}, "source": "text"}]}
+    src = tmp_path / "in.ipynb"
+    src.write_text(json.dumps(nb))
+    out = json.loads(pipeline.book_copy(src, tmp_path / "book" / "out.ipynb").read_text())
+    text = json.dumps(out)
+    assert str(root) not in text and str(home) not in text and ".tmp" not in text
+    assert out["metadata"]["papermill"]["output_path"] == "runs/organism/03_deactivation/x.ipynb"
+    tags = [c["metadata"].get("tags", []) for c in out["cells"]]
+    assert tags[0] == ["parameters", "remove-cell"] and tags[1] == ["injected-parameters", "remove-cell"]
+    assert tags[2] == [] and "tags" not in out["cells"][3]["metadata"]
+    assert out["cells"][2]["outputs"] == [{"output_type": "stream", "name": "stdout",
+                                           "text": "read data/corpus/A and ~/x"}]
+    assert json.loads(src.read_text()) == nb  # the run's own notebook is unchanged

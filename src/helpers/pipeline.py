@@ -581,6 +581,59 @@ def run_with_upstream(stage: str, config_path: str | Path, overrides: Mapping[st
     return out, done
 
 
+_WIDGET = "application/vnd.jupyter.widget-view+json"
+
+
+def clean_for_book(nb: dict[str, Any], *, root: Path | None = None) -> dict[str, Any]:
+    """An executed notebook as readers download it from the book (a new dict; ``nb`` is unchanged).
+
+    * papermill's injected-parameters cell and the notebook's own defaults cell are tagged ``remove-cell``: the
+      chapter's parameter table shows the values used instead (both cells stay in the file, so the notebook
+      still runs and papermill still finds its ``parameters`` cell);
+    * progress bars and library warnings are dropped: ``stderr`` streams and progress-bar widgets;
+    * paths of the build machine become relative: the checkout (``root``) and the home folder.
+    """
+    root = Path(root if root is not None else ROOT).resolve()
+    out = json.loads(json.dumps(nb))
+    for cell in out.get("cells", []):
+        tags = cell.setdefault("metadata", {}).setdefault("tags", [])
+        if ({"injected-parameters", "parameters"} & set(tags)) and "remove-cell" not in tags:
+            tags.append("remove-cell")
+        if not tags:
+            del cell["metadata"]["tags"]
+        if cell.get("cell_type") != "code":
+            continue
+        kept = []
+        for o in cell.get("outputs", []):
+            if o.get("output_type") == "stream" and o.get("name") == "stderr":
+                continue
+            data = o.get("data")
+            if isinstance(data, dict) and _WIDGET in data:
+                data.pop(_WIDGET)
+                data.pop("text/plain", None)  # a widget's text fallback is its repr: "HBox(children=...)"
+                if not data:
+                    continue
+            kept.append(o)
+        cell["outputs"] = kept
+    text = json.dumps(out)
+    for prefix, repl in ((f"{root}/", ""), (str(root), "."), (f"{Path.home()}/", "~/")):
+        text = text.replace(json.dumps(prefix)[1:-1], json.dumps(repl)[1:-1])
+    text = re.sub(r"/\.([0-9]{2}_[a-z0-9_]+)\.[0-9a-f]{8}\.tmp/", r"/\1/", text)  # a stage's staging folder
+    return json.loads(text)
+
+
+def book_copy(source: str | Path, dest: str | Path) -> Path:
+    """Write the book's copy of an executed notebook (:func:`clean_for_book`), atomically."""
+    nb = json.loads(Path(source).read_text())
+    dest = Path(dest)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(dest, json.dumps(clean_for_book(nb), indent=1, ensure_ascii=False) + "\n")
+    except OSError as exc:
+        raise ConfigError(f"cannot write the book copy {dest} ({exc.strerror or exc}); make it writable") from None
+    return dest
+
+
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     pairs = [tuple(p) for p in (args.param or [])]
     if args.params:
@@ -608,12 +661,11 @@ def _cmd_run(args: argparse.Namespace) -> None:
                                    report=lambda line: print(line, flush=True))
     print(f"executed {args.stage} -> {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
     if args.book_copy:
-        dest = Path(args.book_copy)
-        try:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            atomic_save(dest, lambda p: shutil.copyfile(out, p))
-        except OSError as exc:
-            raise ConfigError(f"cannot write the book copy {dest} ({exc.strerror or exc}); make it writable") from None
+        book_copy(out, args.book_copy)
+
+
+def _cmd_book_copy(args: argparse.Namespace) -> None:
+    print(f"book copy -> {book_copy(args.source, args.dest)}")
 
 
 def _cmd_keys(args: argparse.Namespace) -> None:
@@ -660,6 +712,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                        help="run only this stage; refuse missing or mismatched upstream outputs (make book: make "
                             "orders the stages itself)")
     p_run.set_defaults(func=_cmd_run)
+    p_copy = sub.add_parser("book-copy", help="the book's copy of an executed notebook (no build-machine paths, no "
+                                              "progress bars, parameter cells hidden)")
+    p_copy.add_argument("source")
+    p_copy.add_argument("dest")
+    p_copy.set_defaults(func=_cmd_book_copy)
     p_keys = sub.add_parser("keys", help="every config key: which stages read it and what it means")
     p_keys.set_defaults(func=_cmd_keys)
     p_corpus = sub.add_parser("corpus", help="generate the synthetic corpora")
