@@ -38,6 +38,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -513,23 +514,24 @@ def _copy_stage(source: Path, rdir: Path, stage: str) -> None:
         _commit(tmp, rdir / stage, token)
 
 
-def run_with_upstream(stage: str, config_path: str | Path, overrides: Mapping[str, Any] | None = None, *,
-                      log_output: bool = False, report: Any = None) -> tuple[Path, list[tuple[str, str]]]:
-    """Run ``stage`` in its run folder after making sure every stage it needs is there, under the same overrides.
+@dataclass(frozen=True)
+class RunPlan:
+    """What :func:`run_with_upstream` will do, validated before anything runs."""
 
-    Every override must be read by ``stage`` or by a stage it needs (:func:`upstream_order`); the overrides name
-    the run folder (:func:`run_dir_for`), and each stage gets the ones it reads and no others. Each upstream
-    stage's result is
+    stage: str
+    run_dir: Path
+    #: the configuration's own run folder (``runs/<run_name>``), where unchanged upstream results may come from
+    home: Path | None
+    upstream: list[str]
+    #: per stage of the chain: the overrides it reads
+    overrides: dict[str, dict[str, Any]]
+    resolved: dict[str, cfg.Resolved]
+    given: dict[str, Any]
 
-    * **kept** when the run folder already holds it with the same effective parameters, made from the upstream
-      results the folder holds now;
-    * **copied** from the configuration's own run folder (``runs/<run_name>``) when that one holds it under the
-      same conditions (an override that a stage does not read leaves it unchanged: no need to recompute it);
-    * **run** otherwise.
 
-    ``stage`` itself always runs. Returns the executed notebook's path and ``[(stage, "kept" | "copied from
-    <folder>" | "ran")]`` for the upstream stages; ``report`` (e.g. ``print``) is called with one line per stage.
-    """
+def plan_run(stage: str, config_path: str | Path, overrides: Mapping[str, Any] | None = None) -> RunPlan:
+    """Validate ``stage`` with its overrides and every stage it needs (raises :class:`ConfigError`), and name the
+    run folder; nothing is created."""
     check_stage(stage)
     overrides = dict(overrides or {})
     config = load_config(config_path)
@@ -557,6 +559,29 @@ def run_with_upstream(stage: str, config_path: str | Path, overrides: Mapping[st
         home: Path | None = run_dir_for(resolved[stage].merged, {})
     except ConfigError:
         home = None
+    return RunPlan(stage, rdir, home, order, subs, resolved, given)
+
+
+def run_with_upstream(stage: str, config_path: str | Path, overrides: Mapping[str, Any] | None = None, *,
+                      log_output: bool = False, report: Any = None) -> tuple[Path, list[tuple[str, str]]]:
+    """Run ``stage`` in its run folder after making sure every stage it needs is there, under the same overrides.
+
+    Every override must be read by ``stage`` or by a stage it needs (:func:`upstream_order`); the overrides name
+    the run folder (:func:`run_dir_for`), and each stage gets the ones it reads and no others. Each upstream
+    stage's result is
+
+    * **kept** when the run folder already holds it with the same effective parameters, made from the upstream
+      results the folder holds now;
+    * **copied** from the configuration's own run folder (``runs/<run_name>``) when that one holds it under the
+      same conditions (an override that a stage does not read leaves it unchanged: no need to recompute it);
+    * **run** otherwise.
+
+    ``stage`` itself always runs. Returns the executed notebook's path and ``[(stage, "kept" | "copied from
+    <folder>" | "ran")]`` for the upstream stages; ``report`` (e.g. ``print``) is called with one line per stage.
+    """
+    plan = plan_run(stage, config_path, overrides)
+    rdir, home, order, subs, resolved, given = (plan.run_dir, plan.home, plan.upstream, plan.overrides,
+                                                plan.resolved, plan.given)
     done: list[tuple[str, str]] = []
     for up in order:
         sha = cfg.params_hash(resolved[up].effective)
