@@ -64,3 +64,27 @@ def test_try_this_command_is_accepted_by_make_run(stage):
 def test_exercise_labels_are_unique_across_the_book():
     labels = [lbl for s in CHAPTERS for lbl in re.findall(r"^:label: (ex-\S+)", markdown(s), flags=re.M)]
     assert len(labels) == len(set(labels)) >= 2 * len(CHAPTERS)
+
+
+def test_pages_workflow_builds_with_make_book_and_deploys_with_the_official_actions():
+    import yaml
+
+    wf = yaml.safe_load((ROOT / ".github" / "workflows" / "pages.yml").read_text())
+    steps = [st for job in wf["jobs"].values() for st in job["steps"]]
+    uses = [st.get("uses", "").split("@")[0] for st in steps]
+    assert "actions/upload-pages-artifact" in uses and "actions/deploy-pages" in uses
+    assert any("make book" in st.get("run", "") for st in steps)
+    upload = next(st for st in steps if st.get("uses", "").startswith("actions/upload-pages-artifact"))
+    assert upload["with"]["path"] == "_build/html"
+    assert wf["permissions"]["pages"] == "write" and wf["permissions"]["id-token"] == "write"
+    assert all(job["runs-on"] == "ubuntu-latest" for job in wf["jobs"].values())
+
+
+def test_config_names_the_repository_and_launch_buttons():
+    import yaml
+
+    conf = yaml.safe_load((ROOT / "_config.yml").read_text())
+    assert conf["repository"]["url"].startswith("https://github.com/")
+    assert conf["launch_buttons"]["binderhub_url"] and conf["launch_buttons"]["colab_url"]
+    assert "sphinx_exercise" in conf["sphinx"]["extra_extensions"]
+    assert conf["bibtex_bibfiles"] == ["book/references.bib"]
