@@ -73,7 +73,11 @@ book/executed/%.ipynb: $(RUN)/%/metrics.json
 book/results.md: $(foreach s,$(STAGES),$(RUN)/$(s)/metrics.json) src/helpers/claims.py | $(STAMP)
 	$(PYTHON) -m helpers.claims --run $(RUN) --out $@
 
-book: $(STAMP) $(MATHJAX) $(foreach s,$(STAGES),book/executed/$(s).ipynb) book/results.md
+# the benchmarks page's table and figure, generated from bench/results.json (helpers.benchpage)
+book/generated/benchmarks.md: bench/results.json src/helpers/benchpage.py | $(STAMP)
+	$(PYTHON) -m helpers.benchpage --results bench/results.json --out book/generated
+
+book: $(STAMP) $(MATHJAX) $(foreach s,$(STAGES),book/executed/$(s).ipynb) book/results.md book/generated/benchmarks.md
 	$(BIN)/jupyter-book build . --builder html -W -n --keep-going
 	@echo "book: _build/html/index.html"
 

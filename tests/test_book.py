@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import claims, pipeline
+from helpers import benchpage, claims, pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -73,10 +73,11 @@ def built_book(executed_00, tmp_path_factory) -> Path:
         (shutil.copytree if target.is_dir() else shutil.copy)(target, src / name,
                                                                  **({"ignore": shutil.ignore_patterns("__pycache__")}
                                                                     if target.is_dir() else {}))
-    shutil.copytree(ROOT / "book", src / "book", ignore=shutil.ignore_patterns("executed", "results.md"))
+    shutil.copytree(ROOT / "book", src / "book", ignore=shutil.ignore_patterns("executed", "results.md", "generated"))
     (src / "book" / "executed").mkdir()
     pipeline.book_copy(executed_00, src / "book" / "executed" / "00_organism.ipynb")  # as make book copies it
     claims.write_page(executed_00.parent.parent, src / "book" / "results.md")  # as make book generates it
+    benchpage.write(ROOT / "bench" / "results.json", src / "book" / "generated")
     toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
     for part in toc["parts"]:
         part["chapters"] = [c for c in part["chapters"]

@@ -216,6 +216,7 @@ def test_documented_make_run_command_gives_a_complete_run(page, command):
         log = proc.stdout + proc.stderr
         assert proc.returncode == 0, log[-4000:]
         assert "Passed unknown parameter" not in log and "Kernel is running" not in log and "Traceback" not in log
+        assert "Unable to parse line" not in log and "TqdmWarning" not in log, log[-3000:]
         for name in [*pipeline.upstream_order(stage), stage]:
             folder = rdir / name
             assert (folder / "metrics.json").is_file() and (folder / f"{name}.ipynb").is_file(), name

@@ -287,10 +287,13 @@ def _replay(log: Any, limit: int = 20) -> None:
 
 class _QuietUnknownParameters(logging.Filter):
     """The subject keys are read through ``config_params(globals())``, not the parameters cell; papermill's
-    "Passed unknown parameter" for them is noise (every key was validated before)."""
+    "Passed unknown parameter" for them is noise (every key was validated before). So is "Unable to parse line"
+    from papermill's own reading of the parameters cell (a list followed by a comment), which it does only to
+    find unknown parameters; :func:`helpers.config.stage_info` parses the cell with ``ast``."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.getMessage()).startswith("Passed unknown parameter")
+        message = str(record.getMessage())
+        return not (message.startswith("Passed unknown parameter") or message.startswith("Unable to parse line"))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -427,11 +430,12 @@ def execute_stage(stage: str, config_path: str | Path, overrides: Mapping[str, A
         "inputs": inputs,
     }
     quiet = _QuietUnknownParameters()
-    pm_logger = logging.getLogger("papermill")
+    pm_loggers = [logging.getLogger("papermill"), logging.getLogger("papermill.translators")]
     with _staging(rdir, stage) as (tmp, token):
         out_nb = tmp / f"{stage}.ipynb"
         spec = json.dumps({"run_dir": str(rdir), "stage": stage, "dir": str(tmp)})
-        pm_logger.addFilter(quiet)
+        for lg in pm_loggers:
+            lg.addFilter(quiet)
         kernel_log = tempfile.TemporaryFile()  # noqa: SIM115 - handed to the kernel process, closed below
         extra = {} if log_output else {"kernel_manager_class": _kernel_manager(kernel_log)}
         try:
@@ -447,7 +451,8 @@ def execute_stage(stage: str, config_path: str | Path, overrides: Mapping[str, A
                 atomic_save(target / f"{stage}.failed.ipynb", lambda p: shutil.copyfile(out_nb, p))
             raise
         finally:
-            pm_logger.removeFilter(quiet)
+            for lg in pm_loggers:
+                lg.removeFilter(quiet)
             kernel_log.close()
         atomic_write_text(tmp / STAGE_RECORD, json.dumps(record, indent=2, sort_keys=True) + "\n")
         _commit(tmp, target, token)
