@@ -353,23 +353,25 @@ def render(rows: Sequence[Mapping[str, str]], run: str = "runs/organism") -> str
         "here is typed by hand. Each row is one claim of the paper {cite:p}`zhao2026esn` or of this book's "
         "extension, with its confidence mark (**[paper]** from the abstract, **[notes]** from secondary readings, "
         "**[later]** from the first author's follow-up work, **[ours]** this book's), this run's number(s) with "
-        "95 % bootstrap intervals in brackets where the stage computes them, and a verdict computed by the rule in "
-        "the last column: *reproduced* when the rule holds on this run, *not reproduced* when it does not, *not "
+        "95 % bootstrap intervals in brackets where the stage computes them, and a verdict computed by the rule "
+        "listed under the table: *reproduced* when the rule holds on this run, *not reproduced* when it does not, *not "
         "testable on the organism* when the claim concerns a real model's size, layers or numbers, *not run* when "
         "the stage's metrics are missing. A verdict is about this organism and this run, not about the paper's "
         "models.",
         "",
         "Verdicts on this run: " + ", ".join(f"{n} {v}" for v, n in counts.items()) + ".",
         "",
-        "| claim | mark | this run | verdict | chapter | rule |",
+        "| # | claim | mark | this run | verdict | chapter |",
         "|---|---|---|---|---|---|",
     ]
-    for r in rows:
+    for i, r in enumerate(rows, 1):
         title = _CHAPTER_TITLES.get(r["stage"], r["stage"])
         # a chapter the run did not execute may not be in the book: no link to it
         chapter = f"[{title}](executed/{r['stage']}.ipynb)" if r.get("ran", "True") == "True" else title
-        lines.append(f"| {_cell(r['statement'])} | {_cell(r['mark'])} | {_cell(r['value'])} | "
-                     f"**{_cell(r['verdict'])}** | {chapter} | {_cell(r['rule'])} |")
+        lines.append(f"| {i} | {_cell(r['statement'])} | {_cell(r['mark'])} | {_cell(r['value'])} | "
+                     f"**{_cell(r['verdict'])}** | {chapter} |")
+    lines += ["", "## The rules", "", "The verdict of row *n* is *reproduced* when rule *n* holds on this run:", ""]
+    lines += [f"{i}. {r['rule']}." for i, r in enumerate(rows, 1)]
     lines.append("")
     return "\n".join(lines)
 
