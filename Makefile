@@ -21,7 +21,7 @@ ORGANISM := models/organism/model.safetensors models/organism/training_card.json
 CORPUS := data/corpus/A/manifest.json data/corpus/B/manifest.json
 MATHJAX := _vendor/mathjax/tex-svg.js
 STAGES ?= 00_organism 01_logging 02_selectors 03_deactivation 04_steering 05_transfer 06_grounding 07_sae
-STAGE_NB = $(PYTHON) -m helpers.pipeline run '$(1)' --config "$$CONFIG" --book-copy 'book/executed/$(1).ipynb'
+STAGE_NB = $(PYTHON) -m helpers.pipeline run '$(1)' --no-upstream --config "$$CONFIG" --book-copy 'book/executed/$(1).ipynb'
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export HF_HUB_OFFLINE := 1
 export PYTHONHASHSEED := 0
@@ -65,11 +65,20 @@ $(RUN)/03_deactivation/metrics.json $(RUN)/04_steering/metrics.json: $(RUN)/02_s
 $(RUN)/05_transfer/metrics.json $(RUN)/06_grounding/metrics.json: $(RUN)/02_selectors/metrics.json
 $(RUN)/07_sae/metrics.json: $(RUN)/01_logging/metrics.json $(RUN)/02_selectors/metrics.json
 
+# the book's copy: parameter cells hidden (each chapter shows its parameter table), no progress bars, no paths
+# of the build machine (helpers.pipeline.clean_for_book)
 book/executed/%.ipynb: $(RUN)/%/metrics.json
-	@mkdir -p book/executed
-	cp $(RUN)/$*/$*.ipynb $@
+	$(PYTHON) -m helpers.pipeline book-copy $(RUN)/$*/$*.ipynb $@
 
-# Stages 03-06 depend only on 02: `make book` runs them two at a time, one torch thread each (on 2 cores that
+# results against the paper, generated from the run's metrics.json files (helpers.claims)
+book/results.md: $(foreach s,$(STAGES),$(RUN)/$(s)/metrics.json) src/helpers/claims.py | $(STAMP)
+	$(PYTHON) -m helpers.claims --run $(RUN) --out $@
+
+# the benchmarks page's tables and figure, from bench/results.json and this build's stage times (helpers.benchpage)
+book/generated/benchmarks.md: bench/results.json src/helpers/benchpage.py $(foreach s,$(STAGES),$(RUN)/$(s)/metrics.json) | $(STAMP)
+	$(PYTHON) -m helpers.benchpage --results bench/results.json --runs $(RUN) --out book/generated
+
+# Stages 03-07 depend only on 01/02: `make book` runs them two at a time, one torch thread each (on 2 cores that
 # beats one stage at a time on two threads: the organism's matmuls are too small to use both cores well); the
 # two corpora and MathJax are made side by side too. JOBS=1 runs everything in sequence.
 JOBS ?= 2
@@ -79,7 +88,7 @@ book: $(STAMP)
 	$(MAKE) --no-print-directory -j$(JOBS) $(MATHJAX) $(foreach s,$(FIRST_STAGES),book/executed/$(s).ipynb)
 	$(if $(LATER_STAGES),$(if $(filter 1,$(JOBS)),,OMP_NUM_THREADS=1) $(MAKE) --no-print-directory -j$(JOBS) \
 		$(foreach s,$(LATER_STAGES),book/executed/$(s).ipynb))
-	$(PYTHON) -m helpers.bench --page book/generated/benchmarks.md --out bench/results.json --runs $(RUN)
+	$(MAKE) --no-print-directory book/results.md book/generated/benchmarks.md
 	$(BIN)/jupyter-book build . --builder html -W -n --keep-going
 	@echo "book: _build/html/index.html"
 

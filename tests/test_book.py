@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import pipeline
+from helpers import benchpage, claims, pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -68,16 +68,16 @@ def test_failed_stage_leaves_no_finished_notebook(small_corpora, tmp_path):
 def built_book(executed_00, tmp_path_factory) -> Path:
     """The book's real config and prose pages with the executed test notebook, built with warnings as errors."""
     src = tmp_path_factory.mktemp("book")
-    for name in ("_config.yml", "_vendor", "bench"):
+    for name in ("_config.yml", "_vendor", "bench", "src"):  # src: the method page includes its functions
         target = ROOT / name
-        (shutil.copytree if target.is_dir() else shutil.copy)(target, src / name)
-    shutil.copytree(ROOT / "book", src / "book", ignore=shutil.ignore_patterns("executed", "generated"))
+        (shutil.copytree if target.is_dir() else shutil.copy)(target, src / name,
+                                                                 **({"ignore": shutil.ignore_patterns("__pycache__")}
+                                                                    if target.is_dir() else {}))
+    shutil.copytree(ROOT / "book", src / "book", ignore=shutil.ignore_patterns("executed", "results.md", "generated"))
     (src / "book" / "executed").mkdir()
-    from helpers.bench import write_page  # what `make book` does before the HTML build
-
-    write_page(ROOT / "bench" / "results.json", tmp_path_factory.mktemp("no-runs"), src / "book" / "generated" /
-               "benchmarks.md")
-    shutil.copy(executed_00, src / "book" / "executed" / "00_organism.ipynb")
+    pipeline.book_copy(executed_00, src / "book" / "executed" / "00_organism.ipynb")  # as make book copies it
+    claims.write_page(executed_00.parent.parent, src / "book" / "results.md")  # as make book generates it
+    benchpage.write(ROOT / "bench" / "results.json", src / "book" / "generated")
     toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
     for part in toc["parts"]:
         part["chapters"] = [c for c in part["chapters"]
@@ -137,3 +137,93 @@ def test_real_model_config_fails_fast_and_clearly_without_weights(capsys, tmp_pa
     assert rc == 1
     assert "ModelNotAvailableError" in err and "hf download" in err
     assert len(err) < 2000
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Chapters in a real browser: every figure has a caption, no output runs past the text column
+# ---------------------------------------------------------------------------------------------------------------------
+
+_PROBE = """
+<script>
+window.addEventListener('load', () => setTimeout(() => {
+  const art = document.querySelector('article') || document.querySelector('main') || document.body;
+  const edge = art.getBoundingClientRect().right;
+  const scroller = (el) => { for (let p = el.parentElement; p && p !== art; p = p.parentElement) {
+      const ox = getComputedStyle(p).overflowX; if (ox === 'auto' || ox === 'scroll') return true; } return false; };
+  const over = [];
+  document.querySelectorAll('.cell_output *').forEach(el => {
+    const b = el.getBoundingClientRect();
+    if (b.width > 0 && b.right > edge + 2 && !scroller(el))
+      over.push(el.tagName.toLowerCase() + ' +' + Math.round(b.right - edge) + 'px');
+  });
+  const scrolls = [];  // boxes whose content is wider than the box: cut off, or readable only by scrolling
+  document.querySelectorAll('.cell_output, .cell_output *').forEach(el => {
+    if (el.clientWidth > 0 && el.scrollWidth > el.clientWidth + 2)
+      scrolls.push(el.tagName.toLowerCase() + '.' + String(el.className).split(' ')[0] + ' ' + el.scrollWidth + '>' +
+                   el.clientWidth);
+  });
+  const imgs = [...document.querySelectorAll('.cell_output img')];
+  const bare = imgs.filter(i => {
+    const cap = i.closest('figure') && i.closest('figure').querySelector('figcaption');
+    if (cap && cap.textContent.trim()) return false;
+    const cell = i.closest('.cell'); const next = cell && cell.nextElementSibling;
+    return !(next && next.textContent.trim().startsWith('Figure.'));
+  }).map(i => i.getAttribute('src'));
+  const out = document.createElement('pre');
+  out.id = 'esn-probe';
+  out.textContent = JSON.stringify({over: over.slice(0, 20), scrolls: scrolls.slice(0, 20), images: imgs.length,
+                                    bare: bare, pageWidth: document.documentElement.scrollWidth,
+                                    view: window.innerWidth});
+  document.body.appendChild(out);
+}, 500));
+</script>
+"""
+
+
+def probe_page(page: Path, tmp_path: Path) -> dict:
+    """Load ``page`` (a copy with a measuring script, next to the original so its assets resolve) in headless
+    Chromium at a laptop's width and return what the script measured."""
+    exe = _chromium()
+    probe = page.resolve().with_name(f".probe-{page.name}")
+    probe.write_text(page.read_text().replace("</body>", _PROBE + "</body>"))
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--no-first-run", "--disable-sync", "--disable-quic",
+             f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000", "--window-size=1280,900"]
+    try:
+        dom = subprocess.run([exe, *flags, "--dump-dom", probe.as_uri()], capture_output=True, text=True,
+                             timeout=180).stdout
+    finally:
+        probe.unlink(missing_ok=True)
+    import html as html_lib
+    import re
+
+    m = re.search(r'<pre id="esn-probe">(.*?)</pre>', dom, flags=re.S)
+    assert m, "the measuring script did not run"
+    return json.loads(html_lib.unescape(m[1]))
+
+
+def check_chapter(page: Path, tmp_path: Path) -> None:
+    got = probe_page(page, tmp_path)
+    assert got["images"] > 0, f"{page.name}: no figures found"
+    assert not got["bare"], f"{page.name}: figures without a caption: {got['bare']}"
+    assert not got["over"], f"{page.name}: outputs run past the text column: {got['over']}"
+    # text and code lines wrap (book/_static/esn.css); only a wide table may scroll inside its own box
+    cut = [s for s in got["scrolls"] if s.startswith("pre")]
+    assert not cut, f"{page.name}: output lines wider than the column: {cut}"
+    assert got["pageWidth"] <= got["view"], f"{page.name}: the page scrolls sideways ({got})"
+
+
+def test_chapter_figures_have_captions_and_outputs_fit_the_column(built_book, tmp_path):
+    check_chapter(built_book / "book" / "executed" / "00_organism.html", tmp_path)
+
+
+BUILT = ROOT / "_build" / "html" / "book" / "executed"
+
+
+@pytest.mark.parametrize("stage", list(pipeline.STAGES))
+def test_every_chapter_of_the_built_book_has_captions_and_fits(stage, tmp_path):
+    """The same on the book `make book` built in this checkout (skipped when there is none)."""
+    page = BUILT / f"{stage}.html"
+    if not page.is_file():
+        pytest.skip("no built book here: run make book")
+    check_chapter(page, tmp_path)

@@ -361,7 +361,7 @@ def test_clean_stale_restores_a_result_moved_aside_by_a_cut_swap(tmp_path):
 def test_downstream_stage_refuses_inputs_produced_under_other_parameters(fake_notebooks, fake_config, tmp_path,
                                                                         capsys, untouched):
     rdir = tmp_path / "run"
-    base = ["--config", str(fake_config), "-p", "run_dir", str(rdir)]
+    base = ["--no-upstream", "--config", str(fake_config), "-p", "run_dir", str(rdir)]  # make run: tests/test_rerun.py
     assert run_main(["run", "01_logging", *base], capsys)[0] == 0
     rc, err = run_main(["run", "02_selectors", *base, "-p", "labels", "[a, b, c]"], capsys)
     assert rc == 2
@@ -378,7 +378,8 @@ def test_downstream_stage_refuses_inputs_produced_under_other_parameters(fake_no
 def test_downstream_stage_without_its_input_says_which_stage_to_run(fake_notebooks, fake_config, tmp_path, capsys,
                                                                     untouched):
     rdir = tmp_path / "run"
-    rc, err = run_main(["run", "02_selectors", "--config", str(fake_config), "-p", "run_dir", str(rdir)], capsys)
+    rc, err = run_main(["run", "02_selectors", "--no-upstream", "--config", str(fake_config), "-p", "run_dir",
+                        str(rdir)], capsys)
     assert rc == 2 and "reads the outputs of 01_logging" in err and "make run NB=01_logging" in err
     assert not rdir.exists()
 
@@ -428,9 +429,13 @@ def test_misspelled_override_is_refused_with_a_suggestion(tmp_path, capsys, unto
 
 
 def test_override_the_stage_does_not_read_is_refused(tmp_path, capsys, untouched):
-    rc, err = run_main(["run", "02_selectors", "-p", "limit_per_class", "5", "-p", "run_dir", str(tmp_path / "r")],
-                       capsys)
+    rc, err = run_main(["run", "02_selectors", "--no-upstream", "-p", "limit_per_class", "5", "-p", "run_dir",
+                        str(tmp_path / "r")], capsys)
     assert rc == 2 and "stage 02_selectors does not read `limit_per_class`" in err and "01_logging" in err
+    # make run also accepts what a stage it needs reads (02 needs 01, which reads limit_per_class), not more
+    rc, err = run_main(["run", "01_logging", "-p", "n_boot", "5", "-p", "run_dir", str(tmp_path / "r")], capsys)
+    assert rc == 2 and "stage 01_logging does not read `n_boot`, nor do the stages it needs (none)" in err
+    assert "03_deactivation" in err and not (tmp_path / "r").exists()
 
 
 def test_dataset_key_chooses_the_identification_dataset():
@@ -710,27 +715,6 @@ def test_stats_files_are_byte_identical_across_saves_and_processes(tmp_path):
     back = ActivationStats.load(tmp_path / "p.safetensors")
     assert back.labels == ["neutral", "happy"] and back.meta == stats.meta
     torch.testing.assert_close(back.total, stats.total)
-
-
-def test_benchmarks_page_holds_each_measure_against_its_goal(tmp_path):
-    """The generated benchmarks tables: a missed goal reads **no**, a met one yes; stage times come from
-    timing.json files."""
-    from helpers.bench import goal_rows, page_markdown
-
-    results = {"machine": {"date": "d", "cpu_count": 2, "torch_threads": 1}, "total_seconds": 5.0,
-               "goals": {"logging_overhead_ratio": 1.15},
-               "logging_overhead": {"organism": {"ratio": 1.3}},
-               "sweep": {"goal": 3.0, "sweep": "s", "models": {"organism": {
-                   "speedup": 4.0, "uncached_sequential_s": 8.0, "cached_batched_s": 2.0, "input_share": 0.8,
-                   "caching_bound": 5.0, "max_abs_logit_diff": 0.0}}},
-               "sharded": {"identical": True}}
-    rows = {r[0]: r for r in goal_rows(results)}
-    assert [r[3] for r in rows.values()] == [False, True, True]
-    (tmp_path / "01_logging").mkdir()
-    (tmp_path / "01_logging" / "timing.json").write_text('{"seconds": 30.0}')
-    page = page_markdown(results, tmp_path)
-    assert "| 1.3 | <= 1.15 | **no** |" in page and "| 4 | >= 3 | yes |" in page
-    assert "| 01_logging | 30 | 100% |" in page
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -532,105 +532,6 @@ def print_table(results: dict[str, Any]) -> None:
     print(f"\ntotal {results['total_seconds']:.0f}s")
 
 
-def _row(cells: list[Any]) -> str:
-    return "| " + " | ".join(str(c) for c in cells) + " |"
-
-
-def goal_rows(results: dict[str, Any]) -> list[tuple[str, float, float, bool, str]]:
-    """(measure, value, goal, passed, direction) for every goal the results can be held against."""
-    out = []
-    lo = results.get("logging_overhead", {}).get("organism", {})
-    if "ratio" in lo:
-        g = results["goals"]["logging_overhead_ratio"]
-        out.append(("logging overhead, organism (x plain forward)", lo["ratio"], g, lo["ratio"] <= g, "<="))
-    sw = results.get("sweep", {})
-    for name, r in sw.get("models", {}).items():
-        g = sw["goal"]
-        out.append((f"full sweep speedup, {name} (cached + batched vs uncached)", r["speedup"], g,
-                    r["speedup"] >= g, ">="))
-    sh = results.get("sharded", {})
-    if "identical" in sh:
-        out.append(("2 processes vs 1: bit-identical statistics (1 = yes)", float(sh["identical"]), 1.0,
-                    bool(sh["identical"]), "=="))
-    mem = results.get("memory", {})
-    if "flat" in mem:
-        out.append((f"memory flat at {mem['factor']}x the items (1 = yes)", float(mem["flat"]), 1.0,
-                    bool(mem["flat"]), "=="))
-    return out
-
-
-def stage_times(runs_dir: Path) -> list[tuple[str, float | None]]:
-    """(stage, seconds) from each stage folder's ``timing.json`` (written by the pipeline when it ran)."""
-    out = []
-    for path in sorted(Path(runs_dir).glob("*/timing.json")):
-        out.append((path.parent.name, json.loads(path.read_text()).get("seconds")))
-    return out
-
-
-def page_markdown(results: dict[str, Any], runs_dir: Path, figure: str | None = None) -> str:
-    """The benchmarks page's tables: goals met or not, the sweep, and the stages' wall time in this build."""
-    lines = [f"Measured on {results['machine'].get('date', '?')} ({results['machine'].get('cpu_count', '?')} CPUs, "
-             f"torch threads {results['machine'].get('torch_threads', '?')}); `make bench` took "
-             f"{results.get('total_seconds', 0):.0f} s.", "",
-             _row(["measure", "value", "goal", "met"]), _row(["---", "---:", "---:", "---"])]
-    for name, value, goal, ok, op in goal_rows(results):
-        lines.append(_row([name, f"{value:.3g}", f"{op} {goal:g}", "yes" if ok else "**no**"]))
-    if figure:
-        lines += ["", f"```{{figure}} {figure}", ":name: fig-bench-goals", "",
-                  "Each measure divided by its goal (bars right of the line meet it; for the ≤ goal the "
-                  "inverse is drawn so that right is always better).", "```"]
-    sw = results.get("sweep", {})
-    if sw.get("models"):
-        lines += ["", f"**The full sweep** ({sw['sweep']}):", "",
-                  _row(["model", "uncached, one at a time (s)", "cached + batched (s)", "speedup",
-                        "inputs' share of the reference", "bound from caching", "max abs logit diff"]),
-                  _row(["---"] + ["---:"] * 6)]
-        for name, r in sw["models"].items():
-            lines.append(_row([name, f"{r['uncached_sequential_s']:.1f}", f"{r['cached_batched_s']:.1f}",
-                               f"{r['speedup']:.2f}x", f"{r['input_share']:.0%}", f"{r['caching_bound']:.2f}x",
-                               f"{r['max_abs_logit_diff']:.1e}"]))
-    times = stage_times(runs_dir)
-    if times:
-        total = sum(t for _, t in times if t)
-        lines += ["", f"**Stages of this build** (kernel start to last cell, from each stage's `timing.json`; "
-                  f"{total:.0f} s in all):", "", _row(["stage", "seconds", "share"]), _row(["---", "---:", "---:"])]
-        for stage, t in times:
-            lines.append(_row([stage, f"{t:.0f}" if t else "?", f"{t / total:.0%}" if t and total else "?"]))
-    return "\n".join(lines) + "\n"
-
-
-def goals_figure(results: dict[str, Any], out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = goal_rows(results)
-    fig, ax = plt.subplots(figsize=(7, 0.5 + 0.45 * len(rows)))
-    names = [r[0] for r in rows]
-    score = [(r[2] / r[1] if r[4] == "<=" else r[1] / r[2]) if r[1] else 0.0 for r in rows]
-    ax.barh(names, score, color=["#2a9d8f" if r[3] else "#e76f51" for r in rows])
-    ax.axvline(1.0, color="k", lw=1)
-    ax.set_xlabel("measured / goal (1 = at the goal; right of the line: met)")
-    ax.invert_yaxis()
-    fig.tight_layout()
-    from .io import atomic_save
-
-    atomic_save(out, lambda p: fig.savefig(p, dpi=110, format="png"))
-    plt.close(fig)
-
-
-def write_page(results_path: Path, runs_dir: Path, out: Path) -> None:
-    """``make book``: the generated part of the benchmarks page from the committed results and this build."""
-    from .io import atomic_write_text
-
-    results = json.loads(Path(results_path).read_text())
-    fig = out.with_suffix(".png")
-    goals_figure(results, fig)
-    # the page that includes this file sits one folder up: figure paths are relative to it
-    atomic_write_text(out, page_markdown(results, runs_dir, figure=f"{out.parent.name}/{fig.name}"))
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m helpers.bench", description=__doc__.split("\n")[0])
     p.add_argument("--out", default="bench/results.json", help="where to write the JSON results")
@@ -638,12 +539,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: the cores are shared)")
     p.add_argument("--reps", type=int, default=None, help="timed repetitions per measurement")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--page", metavar="OUT.md", help="only write the benchmarks page's tables from --out and --runs")
-    p.add_argument("--runs", default="runs/organism", help="with --page: the run whose stage times to show")
     args = p.parse_args(argv)
-    if args.page:
-        write_page(Path(args.out), Path(args.runs), Path(args.page))
-        return 0
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)

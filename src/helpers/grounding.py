@@ -791,7 +791,7 @@ def neuron_grounding(
     text_max: float | None = None,
 ) -> pd.DataFrame:
     """Per read neuron: ``layer, neuron, [cluster], delta_audio, delta_text`` (raw: mean over pairs of
-    |after − before|), ``null_audio, null_text`` (the mean Δ of the read neurons of its layer, see
+    ``|after − before|``), ``null_audio, null_text`` (the mean Δ of the read neurons of its layer, see
     :attr:`GroundingThresholds.null`), ``ratio_audio, ratio_text, coefficient`` (:func:`calibrated_coefficient`),
     ``coefficient_raw``, ``[ci_low, ci_high]`` (bootstrap when ``n_boot``), ``grounding``, ``undetermined``.
 
@@ -842,7 +842,7 @@ def set_grounding(
     text_max: float | None = None,
 ) -> pd.DataFrame:
     """Per neuron set (and per item group, e.g. ``group_by="base_emotion"`` or a corpus column such as the
-    reliability level): Δ = mean over pairs of |mean activation of the set after − before| (raw), its null (the
+    reliability level): Δ = mean over pairs of ``|mean activation of the set after − before|`` (raw), its null (the
     same Δ of :attr:`GroundingThresholds.n_null_sets` random sets of the same size and per-layer counts drawn
     from the read neurons), the calibrated coefficient with its bootstrap interval, ``coefficient_raw`` and the
     class. Read every neuron of the sets' layers so that the null has neurons to draw from."""
@@ -894,10 +894,10 @@ def prediction_grounding(
     audio_min: float | None = None,
     text_max: float | None = None,
 ) -> pd.DataFrame:
-    """The coefficient on the answer: Δ = mean over pairs of |change of p(counterfactual emotion)| for the patched
-    set and layers of the two runs; each side's null is that side's *total* effect (mean |p_cf(source) −
-    p_cf(before)|, the whole counterfactual against the target run), so ``ratio_*`` is the share of the side's
-    total effect the patch carries, and the coefficient is undetermined below
+    """The coefficient on the answer: Δ = mean over pairs of ``|change of p(counterfactual emotion)|`` for the
+    patched set and layers of the two runs; each side's null is that side's *total* effect (mean
+    ``|p_cf(source) − p_cf(before)|``, the whole counterfactual against the target run), so ``ratio_*`` is the
+    share of the side's total effect the patch carries, and the coefficient is undetermined below
     :attr:`GroundingThresholds.prediction_floor` on both sides (a ratio of near-zeros is not a finding). Also
     the signed mean effects toward the counterfactual. For :func:`total_effect` runs the patch *is* the total
     effect, so only ``coefficient_raw`` is reported (``coefficient`` NaN with the reason)."""

@@ -12,6 +12,11 @@ that the upstream stages' outputs were produced with the same parameters (each s
 into a fresh hidden folder ``<run>/.<stage>.<token>.tmp`` (:func:`helpers.io.stage_dir` points there while it
 runs) that replaces ``<run>/<stage>`` in one rename when the notebook succeeded. An interrupted or failed stage
 leaves the previous complete result (or nothing); leftovers of a killed run are removed at the next start.
+
+``make run`` (:func:`run_with_upstream`) makes a run complete: before the stage asked for, it keeps, copies from
+``runs/<run_name>`` or runs each stage it needs (:data:`STAGE_NEEDS`), under the overrides that stage reads, so a
+re-run with new parameters never stops on a missing upstream folder. ``make book`` passes ``--no-upstream``: make
+orders the stages itself.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +50,18 @@ NOTEBOOKS = ROOT / "notebooks"
 #: The per-stage record of the parameters a result was produced with.
 STAGE_RECORD = "stage.json"
 STAGE_TIMING = "timing.json"
+#: Which stages' outputs each stage needs in its run folder: the Makefile's prerequisites between stages (a test
+#: checks that they agree, and that every stage a notebook opens is among them or theirs).
+STAGE_NEEDS: dict[str, tuple[str, ...]] = {
+    "00_organism": (),
+    "01_logging": (),
+    "02_selectors": ("01_logging",),
+    "03_deactivation": ("02_selectors",),
+    "04_steering": ("02_selectors",),
+    "05_transfer": ("02_selectors",),
+    "06_grounding": ("02_selectors",),
+    "07_sae": ("01_logging", "02_selectors"),
+}
 #: Hidden staging / replaced folders inside a run folder: ``.<stage>.<token>.tmp`` and ``.<stage>.<token>.old``.
 _SCRATCH = re.compile(r"^\.(?P<stage>[0-9]{2}_[a-z0-9_]+)\.(?P<token>[0-9a-f]{8})\.(?P<kind>tmp|old)$")
 #: Temporary files of the atomic writers (``.<stem>.<random>.tmp<suffix>``, ``.<name>.tmp-<pid>``).
@@ -86,7 +104,7 @@ def notebook_source(stage: str) -> Path:
     return path
 
 
-def run_dir_for(config: Mapping[str, Any], overrides: Mapping[str, Any], root: Path = ROOT) -> Path:
+def run_dir_for(config: Mapping[str, Any], overrides: Mapping[str, Any], root: Path | None = None) -> Path:
     """``runs/<run_name>`` for the config as shipped; ``runs/<run_name>+<hash>`` when parameters are overridden."""
     if "run_dir" in overrides:
         return Path(str(overrides["run_dir"])).expanduser().resolve()
@@ -99,7 +117,7 @@ def run_dir_for(config: Mapping[str, Any], overrides: Mapping[str, Any], root: P
     rest = {k: v for k, v in overrides.items() if k != "run_dir"}
     if rest:
         name = f"{name}+{cfg.params_hash(rest)[:8]}"
-    return (root / "runs" / name).resolve()
+    return ((ROOT if root is None else root) / "runs" / name).resolve()
 
 
 def check_run_dir(rdir: Path, stage: str) -> None:
@@ -271,10 +289,13 @@ def _replay(log: Any, limit: int = 20) -> None:
 
 class _QuietUnknownParameters(logging.Filter):
     """The subject keys are read through ``config_params(globals())``, not the parameters cell; papermill's
-    "Passed unknown parameter" for them is noise (every key was validated before)."""
+    "Passed unknown parameter" for them is noise (every key was validated before). So is "Unable to parse line"
+    from papermill's own reading of the parameters cell (a list followed by a comment), which it does only to
+    find unknown parameters; :func:`helpers.config.stage_info` parses the cell with ``ast``."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.getMessage()).startswith("Passed unknown parameter")
+        message = str(record.getMessage())
+        return not (message.startswith("Passed unknown parameter") or message.startswith("Unable to parse line"))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -401,19 +422,22 @@ def execute_stage(stage: str, config_path: str | Path, overrides: Mapping[str, A
     nb = jupytext.read(source)
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     target = rdir / stage
+    # where a result lies is not one of its parameters: a result copied to another run folder keeps its hash
+    effective = {k: v for k, v in resolved.effective.items() if k != "run_dir"}
     record = {
         "stage": stage,
-        "params": resolved.effective,
-        "params_sha256": cfg.params_hash(resolved.effective),
+        "params": effective,
+        "params_sha256": cfg.params_hash(effective),
         "explicit": list(resolved.explicit),
         "inputs": inputs,
     }
     quiet = _QuietUnknownParameters()
-    pm_logger = logging.getLogger("papermill")
+    pm_loggers = [logging.getLogger("papermill"), logging.getLogger("papermill.translators")]
     with _staging(rdir, stage) as (tmp, token):
         out_nb = tmp / f"{stage}.ipynb"
         spec = json.dumps({"run_dir": str(rdir), "stage": stage, "dir": str(tmp)})
-        pm_logger.addFilter(quiet)
+        for lg in pm_loggers:
+            lg.addFilter(quiet)
         kernel_log = tempfile.TemporaryFile()  # noqa: SIM115 - handed to the kernel process, closed below
         extra = {} if log_output else {"kernel_manager_class": _kernel_manager(kernel_log)}
         try:
@@ -430,7 +454,8 @@ def execute_stage(stage: str, config_path: str | Path, overrides: Mapping[str, A
                 atomic_save(target / f"{stage}.failed.ipynb", lambda p: shutil.copyfile(out_nb, p))
             raise
         finally:
-            pm_logger.removeFilter(quiet)
+            for lg in pm_loggers:
+                lg.removeFilter(quiet)
             kernel_log.close()
         atomic_write_text(tmp / STAGE_RECORD, json.dumps(record, indent=2, sort_keys=True) + "\n")
         # kernel start to last cell, for the benchmarks page; apart from stage.json, which stays byte-identical
@@ -440,6 +465,208 @@ def execute_stage(stage: str, config_path: str | Path, overrides: Mapping[str, A
 
     atomic_write_text(rdir / "config.yml", yaml.safe_dump(resolved.merged, sort_keys=True))
     return target / f"{stage}.ipynb"
+
+
+def upstream_order(stage: str, notebooks: str | Path | None = None) -> list[str]:
+    """The stages ``stage`` needs, directly or through others, in the order they must run (``stage`` excluded).
+
+    The graph is :data:`STAGE_NEEDS` joined with the stages each notebook opens (:attr:`StageInfo.upstream`);
+    stages without a notebook source (stand-in notebook folders in tests) are left out.
+    """
+    check_stage(stage)
+    nbdir = Path(notebooks if notebooks is not None else NOTEBOOKS)
+    infos = cfg.stage_infos(nbdir)
+    order: list[str] = []
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        if name in path:
+            raise ConfigError(f"stage dependency cycle: {' -> '.join((*path, name))}")
+        needs = set(STAGE_NEEDS.get(name, ())) | set(infos[name].upstream if name in infos else ())
+        for up in sorted(needs, key=STAGES.index):
+            if up in infos and up not in order:
+                visit(up, (*path, name))
+        if name != stage and name not in order:
+            order.append(name)
+
+    visit(stage, ())
+    return order
+
+
+def _matches(folder: Path, params_sha256: str, rdir: Path) -> bool:
+    """Whether ``folder`` holds a complete result made with these parameters from the upstream results that
+    ``rdir`` holds now (every input recorded in its ``stage.json`` has the hash of ``rdir``'s copy)."""
+    rec = read_record(folder)
+    if rec is None or rec.get("params_sha256") != params_sha256 or not (folder / "metrics.json").is_file():
+        return False
+    for up, sha in (rec.get("inputs") or {}).items():
+        urec = read_record(rdir / up)
+        if urec is None or urec.get("params_sha256") != sha:
+            return False
+    return True
+
+
+def _shown(path: Path) -> str:
+    path = Path(path).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+def _copy_stage(source: Path, rdir: Path, stage: str) -> None:
+    """Copy a complete stage folder from another run folder into ``rdir`` (transactionally, like a run)."""
+    check_run_dir(rdir, stage)
+    _writable(rdir)
+    clean_stale(rdir)
+    with _staging(rdir, stage) as (tmp, token):
+        shutil.copytree(source, tmp, dirs_exist_ok=True,
+                        ignore=lambda _d, names: [n for n in names if n.endswith(".failed.ipynb")])
+        rec = json.loads((tmp / STAGE_RECORD).read_text())
+        rec["copied_from"] = _shown(source.parent)  # the run folder it came from
+        atomic_write_text(tmp / STAGE_RECORD, json.dumps(rec, indent=2, sort_keys=True) + "\n")
+        _commit(tmp, rdir / stage, token)
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What :func:`run_with_upstream` will do, validated before anything runs."""
+
+    stage: str
+    run_dir: Path
+    #: the configuration's own run folder (``runs/<run_name>``), where unchanged upstream results may come from
+    home: Path | None
+    upstream: list[str]
+    #: per stage of the chain: the overrides it reads
+    overrides: dict[str, dict[str, Any]]
+    resolved: dict[str, cfg.Resolved]
+    given: dict[str, Any]
+
+
+def plan_run(stage: str, config_path: str | Path, overrides: Mapping[str, Any] | None = None) -> RunPlan:
+    """Validate ``stage`` with its overrides and every stage it needs (raises :class:`ConfigError`), and name the
+    run folder; nothing is created."""
+    check_stage(stage)
+    overrides = dict(overrides or {})
+    config = load_config(config_path)
+    infos = cfg.stage_infos(NOTEBOOKS)
+    order = upstream_order(stage)
+    chain = [*order, stage]
+    unread = [k for k in overrides if k != "run_dir" and not any(k in infos[s].reads for s in chain)]
+    if unread:
+        readers = {k: sorted(s for s, i in infos.items() if k in i.reads) for k in unread}
+        needed = ", ".join(order) or "none"
+        raise ConfigError("; ".join(
+            f"-p {k}: stage {stage} does not read `{k}`, nor do the stages it needs ({needed})"
+            f"{cfg.did_you_mean(k, infos[stage].reads)}; `{k}` is read by {readers[k] or 'no stage'}" for k in unread))
+    subs: dict[str, dict[str, Any]] = {}
+    resolved: dict[str, cfg.Resolved] = {}
+    for name in chain:  # validate every override for every stage that reads it, before anything runs
+        subs[name] = {k: v for k, v in overrides.items() if k in infos[name].reads and k != "run_dir"}
+        resolved[name] = cfg.resolve(name, config, subs[name], notebooks=NOTEBOOKS, source=str(config_path))
+    given = {k: v for name in chain for k, v in resolved[name].overrides.items()}
+    if "run_dir" in overrides:
+        given["run_dir"] = overrides["run_dir"]
+    rdir = run_dir_for(resolved[stage].merged, given)
+    check_run_dir(rdir, stage)
+    try:
+        home: Path | None = run_dir_for(resolved[stage].merged, {})
+    except ConfigError:
+        home = None
+    return RunPlan(stage, rdir, home, order, subs, resolved, given)
+
+
+def run_with_upstream(stage: str, config_path: str | Path, overrides: Mapping[str, Any] | None = None, *,
+                      log_output: bool = False, report: Any = None) -> tuple[Path, list[tuple[str, str]]]:
+    """Run ``stage`` in its run folder after making sure every stage it needs is there, under the same overrides.
+
+    Every override must be read by ``stage`` or by a stage it needs (:func:`upstream_order`); the overrides name
+    the run folder (:func:`run_dir_for`), and each stage gets the ones it reads and no others. Each upstream
+    stage's result is
+
+    * **kept** when the run folder already holds it with the same effective parameters, made from the upstream
+      results the folder holds now;
+    * **copied** from the configuration's own run folder (``runs/<run_name>``) when that one holds it under the
+      same conditions (an override that a stage does not read leaves it unchanged: no need to recompute it);
+    * **run** otherwise.
+
+    ``stage`` itself always runs. Returns the executed notebook's path and ``[(stage, "kept" | "copied from
+    <folder>" | "ran")]`` for the upstream stages; ``report`` (e.g. ``print``) is called with one line per stage.
+    """
+    plan = plan_run(stage, config_path, overrides)
+    rdir, home, order, subs, resolved, given = (plan.run_dir, plan.home, plan.upstream, plan.overrides,
+                                                plan.resolved, plan.given)
+    done: list[tuple[str, str]] = []
+    for up in order:
+        sha = cfg.params_hash(resolved[up].effective)
+        if _matches(rdir / up, sha, rdir):
+            how = "kept"
+        elif home is not None and home != rdir and _matches(home / up, sha, rdir):
+            _copy_stage(home / up, rdir, up)
+            how = f"copied from {_shown(home)}"
+        else:
+            if report is not None:
+                report(f"{up}: running (needed by {stage}) ...")
+            execute_stage(up, config_path, subs[up], run_dir=rdir, log_output=log_output)
+            how = "ran"
+        done.append((up, how))
+        if report is not None:
+            report(f"{up}: {how} -> {_shown(rdir / up)}")
+    out = execute_stage(stage, config_path, subs[stage], run_dir=rdir, log_output=log_output)
+    import yaml
+
+    merged = {**resolved[stage].merged, **{k: v for k, v in given.items() if k != "run_dir"}}
+    atomic_write_text(rdir / "config.yml", yaml.safe_dump(merged, sort_keys=True))
+    return out, done
+
+
+_WIDGET = "application/vnd.jupyter.widget-view+json"
+
+
+def clean_for_book(nb: dict[str, Any], *, root: Path | None = None) -> dict[str, Any]:
+    """An executed notebook as readers download it from the book (a new dict; ``nb`` is unchanged).
+
+    * papermill's injected-parameters cell and the notebook's own defaults cell are tagged ``remove-cell``: the
+      chapter's parameter table shows the values used instead (both cells stay in the file, so the notebook
+      still runs and papermill still finds its ``parameters`` cell);
+    * progress bars and library warnings are dropped: ``stderr`` streams and progress-bar widgets;
+    * paths of the build machine become relative: the checkout (``root``) and the home folder.
+    """
+    root = Path(root if root is not None else ROOT).resolve()
+    out = json.loads(json.dumps(nb))
+    for cell in out.get("cells", []):
+        tags = cell.setdefault("metadata", {}).setdefault("tags", [])
+        if ({"injected-parameters", "parameters"} & set(tags)) and "remove-cell" not in tags:
+            tags.append("remove-cell")
+        if not tags:
+            del cell["metadata"]["tags"]
+        if cell.get("cell_type") != "code":
+            continue
+        kept = []
+        for o in cell.get("outputs", []):
+            if o.get("output_type") == "stream" and o.get("name") == "stderr":
+                continue
+            data = o.get("data")
+            if isinstance(data, dict) and _WIDGET in data:
+                data.pop(_WIDGET)
+                data.pop("text/plain", None)  # a widget's text fallback is its repr: "HBox(children=...)"
+                if not data:
+                    continue
+            kept.append(o)
+        cell["outputs"] = kept
+    text = json.dumps(out)
+    for prefix, repl in ((f"{root}/", ""), (str(root), "."), (f"{Path.home()}/", "~/")):
+        text = text.replace(json.dumps(prefix)[1:-1], json.dumps(repl)[1:-1])
+    text = re.sub(r"/\.([0-9]{2}_[a-z0-9_]+)\.[0-9a-f]{8}\.tmp/", r"/\1/", text)  # a stage's staging folder
+    return json.loads(text)
+
+
+def book_copy(source: str | Path, dest: str | Path) -> Path:
+    """Write the book's copy of an executed notebook (:func:`clean_for_book`), atomically."""
+    nb = json.loads(Path(source).read_text())
+    dest = Path(dest)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(dest, json.dumps(clean_for_book(nb), indent=1, ensure_ascii=False) + "\n")
+    except OSError as exc:
+        raise ConfigError(f"cannot write the book copy {dest} ({exc.strerror or exc}); make it writable") from None
+    return dest
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -462,15 +689,18 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def _cmd_run(args: argparse.Namespace) -> None:
     check_stage(args.stage)
-    out = execute_stage(args.stage, args.config, _overrides(args), log_output=args.verbose)
+    if args.no_upstream:
+        out = execute_stage(args.stage, args.config, _overrides(args), log_output=args.verbose)
+    else:
+        out, _ = run_with_upstream(args.stage, args.config, _overrides(args), log_output=args.verbose,
+                                   report=lambda line: print(line, flush=True))
     print(f"executed {args.stage} -> {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
     if args.book_copy:
-        dest = Path(args.book_copy)
-        try:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            atomic_save(dest, lambda p: shutil.copyfile(out, p))
-        except OSError as exc:
-            raise ConfigError(f"cannot write the book copy {dest} ({exc.strerror or exc}); make it writable") from None
+        book_copy(out, args.book_copy)
+
+
+def _cmd_book_copy(args: argparse.Namespace) -> None:
+    print(f"book copy -> {book_copy(args.source, args.dest)}")
 
 
 def _cmd_keys(args: argparse.Namespace) -> None:
@@ -513,7 +743,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_run.add_argument("--params", default="", help="'-p name value ...' as one string (the Makefile's PARAMS)")
     p_run.add_argument("--book-copy", help="also copy the executed notebook here (for the book)")
     p_run.add_argument("-v", "--verbose", action="store_true", help="stream the notebook's output")
+    p_run.add_argument("--no-upstream", action="store_true",
+                       help="run only this stage; refuse missing or mismatched upstream outputs (make book: make "
+                            "orders the stages itself)")
     p_run.set_defaults(func=_cmd_run)
+    p_copy = sub.add_parser("book-copy", help="the book's copy of an executed notebook (no build-machine paths, no "
+                                              "progress bars, parameter cells hidden)")
+    p_copy.add_argument("source")
+    p_copy.add_argument("dest")
+    p_copy.set_defaults(func=_cmd_book_copy)
     p_keys = sub.add_parser("keys", help="every config key: which stages read it and what it means")
     p_keys.set_defaults(func=_cmd_keys)
     p_corpus = sub.add_parser("corpus", help="generate the synthetic corpora")

@@ -537,7 +537,7 @@ def layer_counts(selection: Mapping[str, torch.Tensor], n_layers: int) -> dict[s
 
 
 def jaccard(a: torch.Tensor | Mapping[str, torch.Tensor], b: torch.Tensor | Mapping[str, torch.Tensor]):
-    """Jaccard overlap |A & B| / |A | B| of two neuron sets (``[m, 2]`` pairs), order ignored.
+    """Jaccard overlap ``|A & B| / |A | B|`` of two neuron sets (``[m, 2]`` pairs), order ignored.
 
     Given two selections (dicts), returns ``{label: overlap}`` for their common labels, e.g. to compare
     selectors or data sets emotion by emotion. Two empty sets are identical: 1.0.
