@@ -64,23 +64,25 @@ def test_upstream_order():
 # ---------------------------------------------------------------------------------------------------------------------
 
 _WRITE = '''
+    import json
     from helpers import io
     out = io.stage_dir(run_dir, "{stage}")
     {read}
     io.write_metrics(out, {{"labels": labels, "value": {value}}})
 '''
+_READ = 'up = json.loads((io.stage_dir(run_dir, "{}") / "metrics.json").read_text())'
 FAKES = {
     "01_logging": _nb("fake log", 'run_dir = "runs/x"\nlabels = ["a", "b"]\nseed = 0\nlimit = 0\n',
                       _WRITE.format(stage="01_logging", read="", value="limit")),
     "02_selectors": _nb("fake select", 'run_dir = "runs/x"\nlabels = ["a", "b"]\nseed = 0\n',
                         _WRITE.format(stage="02_selectors", value='up["value"]',
-                                      read='up = io.read_metrics(io.stage_dir(run_dir, "01_logging"))')),
+                                      read=_READ.format("01_logging"))),
     "03_deactivation": _nb("fake deactivate", 'run_dir = "runs/x"\nlabels = ["a", "b"]\nseed = 0\nn_boot = 10\n',
                            _WRITE.format(stage="03_deactivation", value='[up["value"], n_boot]',
-                                         read='up = io.read_metrics(io.stage_dir(run_dir, "02_selectors"))')),
+                                         read=_READ.format("02_selectors"))),
     "04_steering": _nb("fake steer", 'run_dir = "runs/x"\nalpha = 0.5\n',
                        _WRITE.format(stage="04_steering", value="alpha",
-                                     read='up = io.read_metrics(io.stage_dir(run_dir, "02_selectors"))')
+                                     read=_READ.format("02_selectors"))
                        .replace("labels", '"x"')),
 }
 
