@@ -40,7 +40,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(PYTHON) || $(PY) -m venv $(VENV)
 	$(PYTHON) -m pip install -q --upgrade pip
-	$(PYTHON) -m pip install -q -e '.[dev]'
+	$(PYTHON) -m pip install -q --no-compile -e '.[dev]'
 	$(PYTHON) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (esn)" >/dev/null
 	@touch $@
 
@@ -78,16 +78,14 @@ book/results.md: $(foreach s,$(STAGES),$(RUN)/$(s)/metrics.json) src/helpers/cla
 book/generated/benchmarks.md: bench/results.json src/helpers/benchpage.py $(foreach s,$(STAGES),$(RUN)/$(s)/metrics.json) | $(STAMP)
 	$(PYTHON) -m helpers.benchpage --results bench/results.json --runs $(RUN) --out book/generated
 
-# Stages 03-07 depend only on 01/02: `make book` runs them two at a time, one torch thread each (on 2 cores that
-# beats one stage at a time on two threads: the organism's matmuls are too small to use both cores well); the
-# two corpora and MathJax are made side by side too. JOBS=1 runs everything in sequence.
+# `make book` runs what does not depend on each other two at a time (the two corpora and MathJax; 00 beside
+# 01 -> 02; then 03-07, which need only 01/02, as soon as 02 is done), one torch thread per stage: on 2 cores
+# that beats one stage at a time on two threads (the organism's matmuls are too small to use both cores well).
+# JOBS=1 runs everything in sequence, on all threads.
 JOBS ?= 2
-FIRST_STAGES := $(filter 00_organism 01_logging 02_selectors,$(STAGES))
-LATER_STAGES := $(filter-out $(FIRST_STAGES),$(STAGES))
 book: $(STAMP)
-	$(MAKE) --no-print-directory -j$(JOBS) $(MATHJAX) $(foreach s,$(FIRST_STAGES),book/executed/$(s).ipynb)
-	$(if $(LATER_STAGES),$(if $(filter 1,$(JOBS)),,OMP_NUM_THREADS=1) $(MAKE) --no-print-directory -j$(JOBS) \
-		$(foreach s,$(LATER_STAGES),book/executed/$(s).ipynb))
+	$(if $(filter 1,$(JOBS)),,OMP_NUM_THREADS=1) $(MAKE) --no-print-directory -j$(JOBS) $(MATHJAX) \
+		$(foreach s,$(STAGES),book/executed/$(s).ipynb)
 	$(MAKE) --no-print-directory book/results.md book/generated/benchmarks.md
 	$(BIN)/jupyter-book build . --builder html -W -n --keep-going
 	@echo "book: _build/html/index.html"
