@@ -70,6 +70,10 @@ def test_the_sweep_the_bit_identical_shards_and_the_stage_times_are_shown(tmp_pa
     assert table["2-process logging: every sum bit-for-bit equal to one process"] is False
     (tmp_path / "run" / "03_deactivation").mkdir(parents=True)
     (tmp_path / "run" / "03_deactivation" / "timing.json").write_text('{"seconds": 30.0}')
+    (tmp_path / "run" / "01_logging").mkdir(parents=True)
+    (tmp_path / "run" / "01_logging" / "timing.json").write_text('{"seconds": 10.0}')
+    (tmp_path / "run" / "03_deactivation" / "usage.json").write_text('{"passes": 12, "rows": 1500, "tokens": 9}')
     page = benchpage.details(r, tmp_path / "run")
     assert "| organism | 8.0 s | 2.0 s | 4.00× | 80% | 5.00× | 0.0e+00 |" in page
-    assert "| 03_deactivation | 30 | 100% |" in page
+    assert "| 03_deactivation | 30 | 75% | 12 | 1,500 | 50 |" in page
+    assert "| 01_logging | 10 | 25% | — | — | — |" in page  # no usage.json: no forward pass counted

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -112,6 +113,21 @@ def test_last_logits_follow_the_attention_mask(tiny):
     torch.testing.assert_close(last, full[:, -1])
     mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])  # right padding
     assert H.last_positions(mask, 4).tolist() == [1, 3]
+
+
+def test_every_trace_is_counted_and_written_beside_the_metrics(tiny, tmp_path):
+    from helpers import io
+
+    model = tiny["audio-flamingo-3"]
+    inputs = tiny_inputs("audio-flamingo-3", model, batch=3, ragged=True)
+    before = H.forward_counts()
+    H.trace_gates(model, inputs)
+    H.run_with_gate_edits(model, inputs, scale=torch.ones(gate_shape(model)))
+    after = H.forward_counts()
+    assert after["passes"] - before["passes"] == 2 and after["rows"] - before["rows"] == 6
+    assert after["tokens"] - before["tokens"] == 2 * int(inputs["attention_mask"].sum())  # padding not counted
+    io.write_metrics(tmp_path, {"x": 1})
+    assert json.loads((tmp_path / io.USAGE_FILE).read_text()) == H.forward_counts()
 
 
 # ---------------------------------------------------------------------------------------------------------------------

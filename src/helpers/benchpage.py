@@ -80,11 +80,14 @@ def rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def stage_times(runs_dir: str | Path) -> list[tuple[str, float]]:
-    """(stage, seconds) from each stage folder's ``timing.json`` (the pipeline writes it when the stage runs)."""
+def stage_times(runs_dir: str | Path) -> list[tuple[str, float, dict[str, int]]]:
+    """(stage, seconds, forward counts) from each stage folder's ``timing.json`` (the pipeline writes it when the
+    stage runs) and ``usage.json`` (the stage's kernel writes it with its metrics; empty when it ran no forward)."""
     out = []
     for path in sorted(Path(runs_dir).glob("*/timing.json")):
-        out.append((path.parent.name, float(json.loads(path.read_text())["seconds"])))
+        usage = path.parent / "usage.json"
+        counts = json.loads(usage.read_text()) if usage.exists() else {}
+        out.append((path.parent.name, float(json.loads(path.read_text())["seconds"]), counts))
     return out
 
 
@@ -105,11 +108,17 @@ def details(results: Mapping[str, Any], runs_dir: str | Path | None = None) -> s
                          f"{r['max_abs_logit_diff']:.1e} |")
     times = stage_times(runs_dir) if runs_dir is not None else []
     if times:
-        total = sum(t for _, t in times)
+        total = sum(t for _, t, _ in times)
         lines += ["", f"**Stages of this build** (kernel start to last cell, from each stage's `timing.json`; "
-                  f"{total:.0f} s of stage time in all — `make book` runs stages 03 onwards two at a time, so "
-                  "its wall time is less):", "", "| stage | seconds | share |", "|---|---|---|"]
-        lines += [f"| {stage} | {t:.0f} | {t / total:.0%} |" for stage, t in times]
+                  f"{total:.0f} s of stage time in all — `make book` runs independent stages two at a time, so "
+                  "its wall time is less). Forward passes, item rows and rows per second count the decoder "
+                  "passes through the one tracer (`usage.json`; one row = one item under one condition):", "",
+                  "| stage | seconds | share | forward passes | item rows | rows per second |",
+                  "|---|---|---|---|---|---|"]
+        for stage, t, c in times:
+            work = (f"{c['passes']:,} | {c['rows']:,} | {c['rows'] / t:,.0f}" if c.get("passes") and t > 0
+                    else "— | — | —")
+            lines.append(f"| {stage} | {t:.0f} | {t / total:.0%} | {work} |")
     return "\n".join(lines) + ("\n" if lines else "")
 
 

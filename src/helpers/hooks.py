@@ -40,6 +40,16 @@ GateFn = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
 _WRAPPER_ATTR = "_esn_nnsight_wrapper"
 
+#: Work done by :func:`trace` in this process: forward passes, item rows and token positions. Instrumentation
+#: only (nothing reads it to decide anything): each stage reports its share of the book's work from it
+#: (``helpers.io.write_metrics`` writes it to ``usage.json``; the benchmarks page shows it).
+_FORWARDS: dict[str, int] = {"passes": 0, "rows": 0, "tokens": 0}
+
+
+def forward_counts() -> dict[str, int]:
+    """A copy of this process's :func:`trace` counters (``passes``, ``rows``, ``tokens``)."""
+    return dict(_FORWARDS)
+
 
 class NonFiniteEditError(FloatingPointError):
     """A gate edit produced NaN/inf logits (typically an amplification alpha far too large for the dtype)."""
@@ -218,7 +228,18 @@ def trace(
                 if i in reads:
                     hidden.append((i, h))
         out = nnsight.save(select_logits(root.output, logits, mask) if logits != "none" else None)
+    rows = _batch_size(inputs)
+    _FORWARDS["passes"] += 1
+    _FORWARDS["rows"] += rows
+    _FORWARDS["tokens"] += int(mask.sum()) if isinstance(mask, torch.Tensor) else rows * _seq_len(inputs)
     return out, list(gates), dict(hidden)
+
+
+def _seq_len(inputs: Mapping[str, Any]) -> int:
+    for key in ("input_ids", "inputs_embeds"):
+        if isinstance(inputs.get(key), torch.Tensor):
+            return int(inputs[key].shape[1])
+    return 0
 
 
 def _residual_plan(model: Any, residual: Mapping[int, torch.Tensor] | None, residual_positions: torch.Tensor | None
@@ -556,6 +577,7 @@ def tile_inputs(inputs: Mapping[str, Any], n: int) -> dict[str, Any]:
 
 
 __all__ = [
+    "forward_counts",
     "NonFiniteEditError",
     "apply_gate_edit",
     "generate_with_gate_edits",

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import re
+import sys
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -66,6 +67,8 @@ def project_root(start: str | Path | None = None) -> Path:
 #: Set by :mod:`helpers.pipeline` while a stage runs: ``{"run_dir": ..., "stage": ..., "dir": ...}``. The stage's
 #: :func:`stage_dir` is then that fresh folder, which replaces ``<run_dir>/<stage>`` in one rename on success.
 STAGING_ENV = "ESN_STAGE_STAGING"
+#: Beside ``metrics.json``: the forward passes a stage ran (:func:`write_metrics`).
+USAGE_FILE = "usage.json"
 
 
 class _Loader(yaml.SafeLoader):
@@ -170,9 +173,19 @@ def _jsonable(x: Any) -> Any:
 
 
 def write_metrics(stage_dir: str | Path, metrics: Mapping[str, Any]) -> Path:
-    """Write a stage's headline numbers to ``metrics.json`` (non-finite floats become null)."""
+    """Write a stage's headline numbers to ``metrics.json`` (non-finite floats become null), and beside it
+    ``usage.json``: the forward passes, item rows and tokens this process has run through the tracer so far
+    (:func:`helpers.hooks.forward_counts`; written only where the tracer was loaded), so the benchmarks page can
+    show each stage's work next to its time."""
     text = json.dumps(_jsonable(dict(metrics)), indent=2, sort_keys=True)
-    return atomic_write_text(Path(stage_dir) / "metrics.json", text + "\n")
+    path = atomic_write_text(Path(stage_dir) / "metrics.json", text + "\n")
+    if "torch" in sys.modules:  # the tracer needs torch; a process without it has run no forward pass
+        from .hooks import forward_counts
+
+        counts = forward_counts()
+        if counts["passes"]:
+            atomic_write_text(Path(stage_dir) / USAGE_FILE, json.dumps(counts, indent=2, sort_keys=True) + "\n")
+    return path
 
 
 def _staging() -> dict[str, str] | None:
