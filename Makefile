@@ -16,12 +16,12 @@ export NB CONFIG PARAMS
 space := $(subst ,, )
 CONFIG_DEP := $(subst $(space),\ ,$(CONFIG))
 RUN := runs/organism
-HELPERS := $(wildcard src/helpers/*.py)
+HELPERS := $(shell find src/helpers -name '*.py')
 ORGANISM := models/organism/model.safetensors models/organism/training_card.json
 CORPUS := data/corpus/A/manifest.json data/corpus/B/manifest.json
 MATHJAX := _vendor/mathjax/tex-svg.js
 STAGES ?= 00_organism 01_logging 02_selectors 03_deactivation 04_steering 05_transfer 06_grounding 07_sae
-STAGE_NB = $(PYTHON) -m helpers.pipeline run '$(1)' --no-upstream --config "$$CONFIG" --book-copy 'book/executed/$(1).ipynb'
+STAGE_NB = $(PYTHON) -m helpers.book.pipeline run '$(1)' --no-upstream --config "$$CONFIG" --book-copy 'book/executed/$(1).ipynb'
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export HF_HUB_OFFLINE := 1
 export PYTHONHASHSEED := 0
@@ -49,11 +49,11 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 corpus: $(CORPUS)
-data/corpus/%/manifest.json: src/helpers/corpus.py src/helpers/espeak.py | $(STAMP)
-	$(PYTHON) -m helpers.pipeline corpus $* --out data/corpus
+data/corpus/%/manifest.json: src/helpers/data/corpus.py src/helpers/data/espeak.py | $(STAMP)
+	$(PYTHON) -m helpers.book.pipeline corpus $* --out data/corpus
 
 organism: $(STAMP) $(CORPUS)
-	$(PYTHON) -m helpers.pipeline organism --corpus data/corpus --out models/organism
+	$(PYTHON) -m helpers.book.pipeline organism --corpus data/corpus --out models/organism
 
 $(MATHJAX):
 	@mkdir -p _vendor/mathjax /tmp/mathjax-pack
@@ -70,17 +70,17 @@ $(RUN)/05_transfer/metrics.json $(RUN)/06_grounding/metrics.json: $(RUN)/02_sele
 $(RUN)/07_sae/metrics.json: $(RUN)/01_logging/metrics.json $(RUN)/02_selectors/metrics.json
 
 # the book's copy: parameter cells hidden (each chapter shows its parameter table), no progress bars, no paths
-# of the build machine (helpers.pipeline.clean_for_book)
+# of the build machine (helpers.book.pipeline.clean_for_book)
 book/executed/%.ipynb: $(RUN)/%/metrics.json
-	$(PYTHON) -m helpers.pipeline book-copy $(RUN)/$*/$*.ipynb $@
+	$(PYTHON) -m helpers.book.pipeline book-copy $(RUN)/$*/$*.ipynb $@
 
-# results against the paper, generated from the run's metrics.json files (helpers.claims)
-book/results.md: $(foreach s,$(STAGES),$(RUN)/$(s)/metrics.json) src/helpers/claims.py | $(STAMP)
-	$(PYTHON) -m helpers.claims --run $(RUN) --out $@
+# results against the paper, generated from the run's metrics.json files (helpers.book.claims)
+book/results.md: $(foreach s,$(STAGES),$(RUN)/$(s)/metrics.json) src/helpers/book/claims.py | $(STAMP)
+	$(PYTHON) -m helpers.book.claims --run $(RUN) --out $@
 
-# the benchmarks page's tables and figure, from bench/results.json and this build's stage times (helpers.benchpage)
-book/generated/benchmarks.md: bench/results.json src/helpers/benchpage.py $(foreach s,$(STAGES),$(RUN)/$(s)/metrics.json) | $(STAMP)
-	$(PYTHON) -m helpers.benchpage --results bench/results.json --runs $(RUN) --out book/generated
+# the benchmarks page's tables and figure, from bench/results.json and this build's stage times (helpers.book.benchpage)
+book/generated/benchmarks.md: bench/results.json src/helpers/book/benchpage.py $(foreach s,$(STAGES),$(RUN)/$(s)/metrics.json) | $(STAMP)
+	$(PYTHON) -m helpers.book.benchpage --results bench/results.json --runs $(RUN) --out book/generated
 
 # `make book` runs what does not depend on each other two at a time (the two corpora and MathJax; 00 beside
 # 01 -> 02; then 03-07, which need only 01/02, as soon as 02 is done), one torch thread per stage: on 2 cores
@@ -96,7 +96,7 @@ book: $(STAMP)
 
 run: $(STAMP) $(CORPUS)
 	@test -n "$$NB" || { echo "usage: make run NB=<stage> CONFIG=<file> [PARAMS='-p name value']"; exit 2; }
-	$(PYTHON) -m helpers.pipeline run "$$NB" --config "$$CONFIG" --params="$$PARAMS"
+	$(PYTHON) -m helpers.book.pipeline run "$$NB" --config "$$CONFIG" --params="$$PARAMS"
 
 browser:
 	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium >/dev/null; }
@@ -109,7 +109,7 @@ lint: $(STAMP)
 	$(BIN)/mypy src
 
 bench: $(STAMP) $(CORPUS)
-	$(PYTHON) -m helpers.bench --out bench/results.json
+	$(PYTHON) bench/benchmarks.py --out bench/results.json
 
 clean:
 	rm -rf _build runs book/executed .pytest_cache

@@ -15,7 +15,7 @@ ORGANISM_DIR = ROOT / "models" / "organism"
 @pytest.fixture(scope="session")
 def small_corpora(tmp_path_factory) -> dict[str, Path]:
     """Corpora A and B restricted to their first sentences: every split and emotion, few clips."""
-    from helpers.corpus import CORPORA, generate
+    from helpers.data.corpus import CORPORA, generate
 
     root = tmp_path_factory.mktemp("corpus")
     for name, limit in (("A", 6), ("B", 4)):
@@ -46,6 +46,6 @@ def two_threads():
 
 @pytest.fixture(scope="session")
 def organism():
-    from helpers.organism import load_organism
+    from helpers.subjects.organism import load_organism
 
     return load_organism(ORGANISM_DIR)

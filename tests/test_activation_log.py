@@ -5,9 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import activation_log, corpus, evaluation
-from helpers.hooks import hook_gates
-from helpers.stats import StatsAccumulator
+from helpers.core.hooks import hook_gates
+from helpers.data import corpus
+from helpers.intervene import evaluation
+from helpers.log import activation_log
+from helpers.log.stats import StatsAccumulator
 
 
 @pytest.fixture(scope="module")

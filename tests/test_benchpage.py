@@ -6,7 +6,7 @@ import copy
 import json
 from pathlib import Path
 
-from helpers import benchpage
+from helpers.book import benchpage
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = {

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import claims
+from helpers.book import claims
 
 ROOT = Path(__file__).resolve().parents[1]
 

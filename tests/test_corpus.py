@@ -5,8 +5,8 @@ import json
 import pandas as pd
 import pytest
 
-from helpers import corpus
-from helpers.schema import REQUIRED_COLUMNS, SchemaError
+from helpers.data import corpus
+from helpers.data.schema import REQUIRED_COLUMNS, SchemaError
 
 
 def test_plan_is_deterministic_and_follows_the_schema():

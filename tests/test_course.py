@@ -10,8 +10,8 @@ from pathlib import Path
 import jupytext
 import pytest
 
-from helpers import pipeline
-from helpers.io import STAGES
+from helpers.book import pipeline
+from helpers.core.io import STAGES
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTERS = [s for s in STAGES if (ROOT / "notebooks" / f"{s}.md").is_file()]

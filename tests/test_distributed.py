@@ -13,8 +13,10 @@ import pytest
 import torch
 import yaml
 
-from helpers import activation_log, corpus, distributed
-from helpers.stats import SUM_NAMES, ActivationStats, StatsAccumulator
+from helpers.core import distributed
+from helpers.data import corpus
+from helpers.log import activation_log
+from helpers.log.stats import SUM_NAMES, ActivationStats, StatsAccumulator
 
 ORGANISM_DIR = Path(__file__).resolve().parents[1] / "models" / "organism"
 
@@ -60,7 +62,7 @@ def test_two_gloo_processes_equal_one(organism, small_corpora, tmp_path):
     (tmp_path / "run.yml").write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "helpers.distributed", "--config", str(tmp_path / "run.yml"), "--out", str(tmp_path / "out")]
+           "-m", "helpers.core.distributed", "--config", str(tmp_path / "run.yml"), "--out", str(tmp_path / "out")]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "2 process(es)" in done.stdout
@@ -76,9 +78,10 @@ def test_two_gloo_processes_equal_one(organism, small_corpora, tmp_path):
 
 SWEEP_SCRIPT = """
 import sys, numpy as np, torch, torch.distributed as dist
-from helpers import corpus, distributed
-from helpers.interventions import deactivate, identity, steer
-from helpers.organism import load_organism
+from helpers.data import corpus
+from helpers.core import distributed
+from helpers.intervene.interventions import deactivate, identity, steer
+from helpers.subjects.organism import load_organism
 dist.init_process_group("gloo")
 org = load_organism(sys.argv[1])
 df = corpus.load(sys.argv[2], split="identify")
@@ -93,7 +96,7 @@ dist.destroy_process_group()
 
 
 def test_a_sweep_on_two_gloo_processes_equals_one(organism, small_corpora, tmp_path):
-    from helpers.interventions import deactivate, identity, run_conditions, steer
+    from helpers.intervene.interventions import deactivate, identity, run_conditions, steer
 
     (tmp_path / "sweep.py").write_text(SWEEP_SCRIPT)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -117,7 +120,7 @@ def test_a_sweep_on_two_gloo_processes_equals_one(organism, small_corpora, tmp_p
 
 
 def test_per_item_conditions_are_refused_by_the_sharded_sweep(organism, small_corpora):
-    from helpers.interventions import label_free
+    from helpers.intervene.interventions import label_free
 
     df = corpus.load(small_corpora["A"], split="identify").head(4)
     sets = {lbl: torch.tensor([[0, i]]) for i, lbl in enumerate(organism.labels)}

@@ -1,4 +1,4 @@
-"""helpers.grounding: pairing, position-class patching (gates and residual), the grounding coefficient and the
+"""helpers.ground.grounding: pairing, position-class patching (gates and residual), the grounding coefficient and the
 conflict analysis, on hand-built tables and a tiny random Qwen2-Audio whose audio/text positions we control."""
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ from tiny_models import (  # noqa: E402
     build_tiny,
 )
 
-from helpers import grounding as G  # noqa: E402
-from helpers import hooks as H  # noqa: E402
-from helpers.hooks import run_with_gate_edits, trace_gates  # noqa: E402
-from helpers.models import gate_shape  # noqa: E402
-from helpers.subject import Batch  # noqa: E402
+from helpers.core import hooks as H  # noqa: E402
+from helpers.core.hooks import run_with_gate_edits, trace_gates  # noqa: E402
+from helpers.core.models import gate_shape  # noqa: E402
+from helpers.core.subject import Batch  # noqa: E402
+from helpers.ground import grounding as G  # noqa: E402
 
 LABELS = ("neutral", "happy", "angry", "sad")
 N_FRAMES = 2 * MAX_SOURCE_POSITIONS
@@ -549,7 +549,7 @@ def test_dissociation_structure_and_controls(subject):
 def test_extreme_sets_pick_the_most_text_and_audio_grounded_neurons():
     import pandas as pd
 
-    from helpers.grounding import extreme_sets
+    from helpers.ground.grounding import extreme_sets
 
     table = pd.DataFrame({
         "layer": [0, 0, 1, 1, 1, 2], "neuron": [0, 1, 0, 1, 2, 0],

@@ -25,10 +25,10 @@ import pytest
 import soundfile as sf
 import torch
 
-from helpers import config as C
-from helpers import pipeline
-from helpers.audio import AudioChannelWarning, AudioLoadError, load_audio
-from helpers.io import ConfigError, load_config, yaml_load
+from helpers.book import config as C
+from helpers.book import pipeline
+from helpers.core.io import ConfigError, load_config, yaml_load
+from helpers.data.audio import AudioChannelWarning, AudioLoadError, load_audio
 
 ROOT = Path(__file__).resolve().parents[1]
 ORGANISM_CFG = ROOT / "configs" / "organism.yml"
@@ -84,7 +84,7 @@ FAKE_01 = _nb("fake log", '''
     fail = False
 ''', '''
     import time
-    from helpers import io
+    from helpers.core import io
     out = io.stage_dir(run_dir, "01_logging")
     (out / "partial.txt").write_text("started")
     time.sleep(sleep)
@@ -99,7 +99,7 @@ FAKE_02 = _nb("fake select", '''
     seed = 0
 ''', '''
     import json
-    from helpers import io
+    from helpers.core import io
     m = json.loads((io.stage_dir(run_dir, "01_logging") / "metrics.json").read_text())
     out = io.stage_dir(run_dir, "02_selectors")
     io.write_metrics(out, {"from_01": m["labels"], "labels": labels})
@@ -110,7 +110,7 @@ FAKE_03 = _nb("fake deactivate", '''
     seed = 0
 ''', '''
     import json
-    from helpers import io
+    from helpers.core import io
     m = json.loads((io.stage_dir(run_dir, "02_selectors") / "metrics.json").read_text())
     io.write_metrics(io.stage_dir(run_dir, "03_deactivation"), {"n": len(m["labels"])})
 ''')
@@ -142,8 +142,8 @@ def scratch(folder: Path) -> list[str]:
     return [str(p.relative_to(folder)) for p in folder.rglob("*") if ".tmp" in p.name or p.name.endswith(".old")]
 
 
-_SUBPROCESS = "import sys; from pathlib import Path; import helpers.pipeline as p; p.NOTEBOOKS = Path(sys.argv[1]); " \
-              "sys.exit(p.main(sys.argv[2:]))"
+_SUBPROCESS = "import sys; from pathlib import Path; import helpers.book.pipeline as p; " \
+              "p.NOTEBOOKS = Path(sys.argv[1]); sys.exit(p.main(sys.argv[2:]))"
 
 
 def start_stage(nbdir: Path, *args: str) -> subprocess.Popen:
@@ -236,8 +236,8 @@ def _fake_checkpoint(folder: Path, marker: Path) -> Path:
 
 @pytest.mark.parametrize("value", ["false", "true", "False", 0, 1, None])
 def test_remote_code_runs_only_on_an_explicit_boolean_true(tmp_path, value):
-    from helpers import subjects
-    from helpers.models import RemoteCodeNotAllowedError
+    from helpers.core.models import RemoteCodeNotAllowedError
+    from helpers.subjects import adapters as subjects
 
     marker = tmp_path / "marker"
     ckpt = _fake_checkpoint(tmp_path / "ckpt", marker)
@@ -464,11 +464,16 @@ def test_every_notebook_default_fits_the_schema():
         try:
             model.model_validate(defaults)
         except Exception as exc:  # noqa: BLE001 - name the stage
-            raise AssertionError(f"{stage}: its parameters cell does not fit helpers.config.Config: {exc}") from exc
+            raise AssertionError(
+                f"{stage}: its parameters cell does not fit helpers.book.config.Config: {exc}"
+            ) from exc
 
 
 def test_allowed_values_match_the_code():
-    from helpers import activation_log, schema, selectors, subjects
+    from helpers.data import schema
+    from helpers.identify import selectors
+    from helpers.log import activation_log
+    from helpers.subjects import adapters as subjects
 
     assert C.POSITION_KINDS == activation_log.POSITION_KINDS
     assert C.SELECTOR_METHODS == selectors.METHODS
@@ -548,8 +553,8 @@ def _tiny_subject():
     sys.path.insert(0, str(Path(__file__).parent))
     from tiny_models import AUDIO_BOS_ID, AUDIO_EOS_ID, PAD_ID, build_tiny, tiny_inputs
 
-    from helpers import subjects as S
-    from helpers.models import get_adapter
+    from helpers.core.models import get_adapter
+    from helpers.subjects import adapters as S
 
     labels = ("neutral", "happy", "angry", "sad")
     model = build_tiny("qwen2-audio")
@@ -566,7 +571,7 @@ def _tiny_subject():
 @pytest.mark.usefixtures("one_thread")
 def test_empty_class_says_no_items_not_no_correct_items():
     """Zero items of an emotion in the split, or `-p labels [neutral,happy]` on a 4-emotion subject."""
-    from helpers.activation_log import log_activations
+    from helpers.log.activation_log import log_activations
 
     subject = _tiny_subject()
     df = pd.DataFrame({"clip_id": [f"c{i}" for i in range(4)], "path": ["/x.wav"] * 4,
@@ -632,7 +637,7 @@ def test_valid_header_with_no_samples_names_the_file(tmp_path):
 def test_corrupt_and_empty_files_are_dropped_and_counted_at_load_time_by_default(tmp_path, caplog):
     from fixtures_datasets import make_crema_d
 
-    from helpers.speech_datasets import load_crema_d
+    from helpers.data.speech_datasets import load_crema_d
 
     root = make_crema_d(tmp_path / "crema")
     sf.write(root / "AudioWAV" / "1001_DFA_ANG_XX.wav", np.zeros(0, dtype=np.float32), 16_000)
@@ -645,7 +650,7 @@ def test_corrupt_and_empty_files_are_dropped_and_counted_at_load_time_by_default
 def test_upper_case_extensions_are_found(tmp_path):
     from fixtures_datasets import make_crema_d, make_iemocap
 
-    from helpers.speech_datasets import load_crema_d, load_iemocap
+    from helpers.data.speech_datasets import load_crema_d, load_iemocap
 
     root = make_crema_d(tmp_path / "crema")
     for f in list((root / "AudioWAV").glob("*.wav")):
@@ -672,7 +677,7 @@ def test_dataset_paths_are_checked_before_the_model_loads(tmp_path, capsys, unto
 def test_real_dataset_label_columns_are_checked_before_the_model_loads(tmp_path):
     from fixtures_datasets import make_meld
 
-    from helpers.speech_datasets import LayoutError, check_source
+    from helpers.data.speech_datasets import LayoutError, check_source
 
     root = make_meld(tmp_path / "MELD.Raw")
     check_source("meld", root=root, labels=["neutral", "happy"])
@@ -685,7 +690,7 @@ def test_real_dataset_label_columns_are_checked_before_the_model_loads(tmp_path)
 
 
 def test_real_dataset_without_a_root_says_where_to_point_it(monkeypatch):
-    from helpers.speech_datasets import DatasetNotAvailable, check_source
+    from helpers.data.speech_datasets import DatasetNotAvailable, check_source
 
     monkeypatch.delenv("ESN_IEMOCAP_ROOT", raising=False)
     with pytest.raises(DatasetNotAvailable, match=r"datasets\.iemocap: no data.*`root: <folder>`.*ESN_IEMOCAP_ROOT"):
@@ -698,7 +703,7 @@ def test_real_dataset_without_a_root_says_where_to_point_it(monkeypatch):
 
 
 def test_stats_files_are_byte_identical_across_saves_and_processes(tmp_path):
-    from helpers.stats import ActivationStats
+    from helpers.log.stats import ActivationStats
 
     g = torch.Generator().manual_seed(0)
     stats = ActivationStats(labels=["neutral", "happy"], tokens=torch.tensor([3.0, 4.0]),
@@ -707,7 +712,7 @@ def test_stats_files_are_byte_identical_across_saves_and_processes(tmp_path):
                             meta={"z": 1, "a": 2, "positions": "last"})
     blobs = {stats.save(tmp_path / f"s{i}.safetensors").read_bytes() for i in range(8)}
     assert len(blobs) == 1
-    code = ("import sys, torch; from helpers.stats import ActivationStats as A; "
+    code = ("import sys, torch; from helpers.log.stats import ActivationStats as A; "
             "A.load(sys.argv[1]).save(sys.argv[2])")
     subprocess.run([sys.executable, "-c", code, str(tmp_path / "s0.safetensors"), str(tmp_path / "p.safetensors")],
                    check=True, cwd=ROOT, timeout=120)
@@ -723,7 +728,8 @@ def test_stats_files_are_byte_identical_across_saves_and_processes(tmp_path):
 
 
 def test_project_root_is_found_from_the_working_directory_or_the_package(tmp_path, monkeypatch):
-    from helpers import io, report
+    from helpers.book import report
+    from helpers.core import io
 
     project = tmp_path / "book"
     (project / "notebooks" / "deep").mkdir(parents=True)
@@ -748,8 +754,8 @@ def test_the_public_api_is_importable_from_the_package_top():
     for name in helpers.__all__:
         assert getattr(helpers, name) is not None, name
     from helpers import ActivationStats, select
-    from helpers.selectors import select as direct
+    from helpers.identify.selectors import select as direct
 
-    assert select is direct and ActivationStats.__module__ == "helpers.stats"
+    assert select is direct and ActivationStats.__module__ == "helpers.log.stats"
     with pytest.raises(AttributeError, match="no attribute 'selekt'"):
         helpers.selekt  # noqa: B018

@@ -1,4 +1,4 @@
-"""helpers.hooks: the nnsight read/edit path, checked against plain torch forward hooks on the real tiny models."""
+"""helpers.core.hooks: the nnsight read/edit path, checked against plain torch forward hooks on the real tiny models."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from tiny_models import FAMILIES, build_qwen25_omni_full, build_tiny, tiny_inputs  # noqa: E402
 
-from helpers import hooks as H  # noqa: E402
-from helpers.models import gate_modules, gate_shape  # noqa: E402
+from helpers.core import hooks as H  # noqa: E402
+from helpers.core.models import gate_modules, gate_shape  # noqa: E402
 
 L, N = 2, 64
 

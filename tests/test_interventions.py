@@ -1,4 +1,4 @@
-"""helpers.interventions: conditions, the batched runner and the experiments, on a tiny real Qwen2-Audio."""
+"""helpers.intervene.interventions: conditions, the batched runner and the experiments, on a tiny real Qwen2-Audio."""
 
 from __future__ import annotations
 
@@ -14,13 +14,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from tiny_models import AUDIO_ID, TinySubject, build_tiny, tiny_inputs  # noqa: E402
 
-from helpers import interventions as I  # noqa: E402
-from helpers import metrics as M  # noqa: E402
-from helpers.hooks import NonFiniteEditError  # noqa: E402
-from helpers.models import gate_modules, gate_shape  # noqa: E402
-from helpers.neuron_sets import as_mask  # noqa: E402
-from helpers.stats import ActivationStats  # noqa: E402
-from helpers.subject import Batch  # noqa: E402
+from helpers.core.hooks import NonFiniteEditError  # noqa: E402
+from helpers.core.models import gate_modules, gate_shape  # noqa: E402
+from helpers.core.neuron_sets import as_mask  # noqa: E402
+from helpers.core.subject import Batch  # noqa: E402
+from helpers.intervene import interventions as I  # noqa: E402
+from helpers.log.stats import ActivationStats  # noqa: E402
+from helpers.metrics import effects as M  # noqa: E402
 
 LABELS = ("neutral", "happy", "angry", "sad")
 LABEL_TOKENS = (11, 22, 33, 44)
@@ -498,8 +498,8 @@ def test_non_additivity_table(subject, df, shape):
 
 
 def test_log_resampled_stats_with_unit_weights_is_the_log_stage(subject, df):
-    from helpers.activation_log import log_activations
-    from helpers.resampling import log_resampled_stats
+    from helpers.identify.resampling import log_resampled_stats
+    from helpers.log.activation_log import log_activations
 
     items = df.assign(path=[f"a{i}" for i in range(len(df))])
     plain = log_activations(subject, items, positions="audio", only_correct=False, batch_size=3, progress=False)
@@ -518,9 +518,9 @@ def test_cached_batched_sweep_equals_the_uncached_one_condition_at_a_time(organi
     the whole model from the waveform for each condition. Same logits, and the reference really did not cache."""
     import dataclasses
 
-    from helpers import corpus
-    from helpers.interventions import deactivate, identity, run_conditions, run_conditions_sequential, steer
-    from helpers.organism import AudioCache
+    from helpers.data import corpus
+    from helpers.intervene.interventions import deactivate, identity, run_conditions, run_conditions_sequential, steer
+    from helpers.subjects.organism import AudioCache
 
     df = corpus.load(small_corpora["A"], split="evaluate").head(6)
     pairs = torch.tensor([[0, 1], [1, 5], [4, 9]])

@@ -1,4 +1,4 @@
-"""Hand-computed checks for helpers.metrics (recall, effects, flip rate, effect matrix, bootstrap, tables)."""
+"""Hand-computed checks for helpers.metrics.effects (recall, effects, flip rate, effect matrix, bootstrap, tables)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from helpers.metrics import (
+from helpers.metrics.effects import (
     BootstrapSettings,
     Effects,
     aggregate_random,

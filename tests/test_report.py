@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from helpers import report
+from helpers.book import report
 
 
 @pytest.fixture

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 from test_hardening import _nb  # the stand-in notebook writer
 
-from helpers import config as C
-from helpers import pipeline
-from helpers.io import STAGES
+from helpers.book import config as C
+from helpers.book import pipeline
+from helpers.core.io import STAGES
 
 ROOT = Path(__file__).resolve().parents[1]
 MAKE = shutil.which("make")
@@ -65,7 +65,7 @@ def test_upstream_order():
 
 _WRITE = '''
     import json
-    from helpers import io
+    from helpers.core import io
     out = io.stage_dir(run_dir, "{stage}")
     {read}
     io.write_metrics(out, {{"labels": labels, "value": {value}}})

@@ -1,4 +1,4 @@
-"""helpers.resampling: stratified replicate weights and the weighted stats accumulator (pure tensors)."""
+"""helpers.identify.resampling: stratified replicate weights and the weighted stats accumulator (pure tensors)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from helpers.resampling import ResampledStatsAccumulator, identification_resamples, stratified_weights
-from helpers.stats import StatsAccumulator
+from helpers.identify.resampling import ResampledStatsAccumulator, identification_resamples, stratified_weights
+from helpers.log.stats import StatsAccumulator
 
 LABELS = ["a", "b", "c"]
 L, N, B = 2, 5, 7

@@ -10,10 +10,10 @@ import pytest
 import torch
 from tiny_models import build_tiny, tiny_inputs
 
-from helpers import hooks as H
-from helpers import sae as S
-from helpers import selectors as sel
-from helpers.models import gate_shape
+from helpers.core import hooks as H
+from helpers.core.models import gate_shape
+from helpers.identify import selectors as sel
+from helpers.sae import sae as S
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -162,14 +162,14 @@ def test_bad_training_rows():
 # ---------------------------------------------------------------------------------------------- on the organism
 @pytest.fixture(scope="module")
 def few_items(small_corpora):
-    from helpers import corpus
+    from helpers.data import corpus
 
     return corpus.load(small_corpora["A"], split="identify").groupby("label", group_keys=False).head(3)
 
 
 def test_answer_gates_are_the_gates_at_the_last_position(organism, few_items):
-    from helpers import evaluation
-    from helpers.hooks import hook_gates
+    from helpers.core.hooks import hook_gates
+    from helpers.intervene import evaluation
 
     got = S.answer_gates(organism, few_items, capacity=64, batch_size=5)
     batch = organism.batch_inputs(few_items)
@@ -184,7 +184,7 @@ def test_answer_gates_are_the_gates_at_the_last_position(organism, few_items):
 
 
 def test_empty_edit_on_the_organism_gives_the_clean_logits(organism, few_items):
-    from helpers import interventions as iv
+    from helpers.intervene import interventions as iv
 
     n_layers, n_neurons = gate_shape(organism.model)
     saes = [_untrained_sae(n_neurons, seed=i) for i in range(n_layers)]
@@ -202,8 +202,8 @@ def _untrained_sae(d_in: int, seed: int) -> S.TopKSAE:
 
 
 def test_total_effect_runs_feed_chapter_06s_set_grounding(organism, small_corpora):
-    from helpers import corpus
-    from helpers import grounding as gr
+    from helpers.data import corpus
+    from helpers.ground import grounding as gr
 
     labels = list(organism.labels)
     pool = corpus.load(small_corpora["A"], context=None, reliability=None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers.selectors import (
+from helpers.identify.selectors import (
     METHODS,
     SelectionShortfall,
     jaccard,
@@ -15,7 +15,7 @@ from helpers.selectors import (
     tie_report,
     to_mask,
 )
-from helpers.stats import ActivationStats
+from helpers.log.stats import ActivationStats
 
 LABELS = ["angry", "happy", "neutral", "sad"]
 L, N, C = 4, 64, len(LABELS)
@@ -471,7 +471,7 @@ def test_random_draws_are_independent_per_salt_and_can_match_layers(planted):
 
 
 def test_select_many_and_option_variants(planted):
-    from helpers.selectors import OPTIONS, option_variants, select_many
+    from helpers.identify.selectors import OPTIONS, option_variants, select_many
 
     stats, _ = planted
     specs = {"lap": {"fraction": 0.02}, "lape": {"fraction": 0.05, "bar": "saturation"}, "mad": {"fraction": 0.02},

@@ -22,9 +22,9 @@ from fixtures_datasets import (
     write_tone,
 )
 
-from helpers.audio import AudioLoadError, SamplingRateError, check_sampling_rate, load_audio, read_info
-from helpers.schema import REQUIRED_COLUMNS, SchemaError, validate
-from helpers.speech_datasets import (
+from helpers.data.audio import AudioLoadError, SamplingRateError, check_sampling_rate, load_audio, read_info
+from helpers.data.schema import REQUIRED_COLUMNS, SchemaError, validate
+from helpers.data.speech_datasets import (
     DATASETS,
     IEMOCAP_LABEL_MAP,
     DatasetNotAvailable,
@@ -145,7 +145,7 @@ def test_iemocap_session_split(corpora: dict[str, Path]) -> None:
 
 
 def test_dropped_rows_are_logged(corpora: dict[str, Path], caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="helpers.speech_datasets"):
+    with caplog.at_level(logging.WARNING, logger="helpers.data.speech_datasets"):
         load_iemocap(corpora["iemocap"])
     assert "fru" in caplog.text and "16" in caplog.text
 

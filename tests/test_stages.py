@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import pipeline
+from helpers.book import pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "organism.yml"
@@ -43,7 +43,7 @@ def metrics(run: Path, stage: str) -> dict:
 
 
 def test_logging_metrics(run, small_corpora):
-    from helpers import corpus
+    from helpers.data import corpus
 
     m = metrics(run, "01_logging")
     expected = len(corpus.load(small_corpora["A"], split="identify").groupby("label").head(8))
@@ -84,7 +84,7 @@ def test_selector_metrics(run):
     for sel, by_label in m["layers"].items():
         for lbl, per_layer in by_label.items():
             assert len(per_layer) == 6 and sum(per_layer) == m["neurons"][sel][lbl]
-    from helpers import neuron_sets
+    from helpers.core import neuron_sets
 
     for name in ("A", "B"):
         book = neuron_sets.load_meta(run / "02_selectors" / f"sets_{name}.json")
@@ -187,7 +187,7 @@ def test_grounding_skips_cleanly_without_pairs_or_text_context(tmp_path):
     import torch
     from fixtures_datasets import make_crema_d
 
-    from helpers import neuron_sets
+    from helpers.core import neuron_sets
 
     root = make_crema_d(tmp_path / "crema")
     run_dir = tmp_path / "run"

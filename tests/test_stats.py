@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import stats as stats_mod
-from helpers.stats import ActivationStats, StatsAccumulator
+from helpers.log import stats as stats_mod
+from helpers.log.stats import ActivationStats, StatsAccumulator
 
 LABELS = ["angry", "happy", "neutral", "sad"]
 L, N, C = 3, 7, len(LABELS)

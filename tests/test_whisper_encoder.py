@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import whisper_encoder as we
+from helpers.subjects import whisper_encoder as we
 
 ctranslate2 = pytest.importorskip("ctranslate2", reason="dev extra: pip install ctranslate2==4.8.5")
 
@@ -26,8 +26,8 @@ def clips() -> tuple[list[str], list[np.ndarray]]:
     """Ten corpus sentences in a plain en-us voice with neutral prosody, at 16 kHz (~2.3 s each)."""
     import soxr
 
-    from helpers.corpus import CORPORA, sentences
-    from helpers.espeak import Espeak, Prosody
+    from helpers.data.corpus import CORPORA, sentences
+    from helpers.data.espeak import Espeak, Prosody
 
     texts = sentences(CORPORA["A"])[:10]
     engine = Espeak()

@@ -338,8 +338,9 @@ class TinySubject:
     label_ids: torch.Tensor
 
     def make_batch(self, inputs: dict[str, torch.Tensor], text: torch.Tensor | None = None):
-        """A :class:`helpers.subject.Batch` of ``inputs``; ``text`` marks the text positions (default: not audio)."""
-        from helpers.subject import Batch
+        """A :class:`helpers.core.subject.Batch` of ``inputs``; ``text`` marks the text positions (default: not
+        audio)."""
+        from helpers.core.subject import Batch
 
         ids = inputs["input_ids"]
         audio = ids == AUDIO_ID
@@ -349,7 +350,7 @@ class TinySubject:
         return Batch(inputs=inputs, candidates=self.label_ids.expand(len(ids), -1).clone(), masks=masks)
 
     def label_logits(self, batch, logits: torch.Tensor) -> torch.Tensor:
-        from helpers.subject import candidate_logits
+        from helpers.core.subject import candidate_logits
 
         return candidate_logits(logits, batch)
 

@@ -15,21 +15,25 @@ __version__ = "0.1.0"
 #: Public name -> the module that defines it, grouped by the method's stages.
 _PUBLIC: dict[str, str] = {
     # subjects and the hooks (Log)
-    "load_subject": "subjects", "load_items": "subjects", "Subject": "subject", "Batch": "subject",
-    "gate_modules": "models", "gate_shape": "models", "trace_gates": "hooks", "run_with_gate_edits": "hooks",
-    "log_activations": "activation_log", "ActivationStats": "stats", "StatsAccumulator": "stats",
+    "load_subject": "subjects.adapters", "load_items": "subjects.adapters",
+    "Subject": "core.subject", "Batch": "core.subject",
+    "gate_modules": "core.models", "gate_shape": "core.models",
+    "trace_gates": "core.hooks", "run_with_gate_edits": "core.hooks",
+    "log_activations": "log.activation_log", "ActivationStats": "log.stats", "StatsAccumulator": "log.stats",
     # Identify
-    "select": "selectors", "select_many": "selectors", "as_pairs": "neuron_sets", "as_mask": "neuron_sets",
-    "random_sets": "neuron_sets", "save_sets": "neuron_sets", "load_sets": "neuron_sets",
+    "select": "identify.selectors", "select_many": "identify.selectors",
+    "as_pairs": "core.neuron_sets", "as_mask": "core.neuron_sets", "random_sets": "core.neuron_sets",
+    "save_sets": "core.neuron_sets", "load_sets": "core.neuron_sets",
     # Intervene
-    "run_conditions": "interventions", "identity": "interventions", "deactivate": "interventions",
-    "steer": "interventions", "label_free": "interventions", "deactivation_experiment": "interventions",
-    "steering_experiment": "interventions",
+    "run_conditions": "intervene.interventions", "identity": "intervene.interventions",
+    "deactivate": "intervene.interventions", "steer": "intervene.interventions",
+    "label_free": "intervene.interventions",
+    "deactivation_experiment": "intervene.interventions", "steering_experiment": "intervene.interventions",
     # Ground
-    "patch_pairs": "grounding", "calibrated_coefficient": "grounding", "neuron_grounding": "grounding",
-    "set_grounding": "grounding", "dissociation": "grounding",
+    "patch_pairs": "ground.grounding", "calibrated_coefficient": "ground.grounding",
+    "neuron_grounding": "ground.grounding", "set_grounding": "ground.grounding", "dissociation": "ground.grounding",
     # scale
-    "log_activations_sharded": "distributed", "run_conditions_sharded": "distributed",
+    "log_activations_sharded": "core.distributed", "run_conditions_sharded": "core.distributed",
 }
 
 __all__ = ["__version__", *_PUBLIC]

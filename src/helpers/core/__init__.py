@@ -1,0 +1,1 @@
+"""Shared machinery: gate modules per family, the tracer, neuron sets, the Subject protocol, run I/O, sharding."""

@@ -1,0 +1,1 @@
+"""Ground: item pairing, activation patching, calibrated coefficients, conflict and dissociation analysis."""

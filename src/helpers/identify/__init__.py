@@ -1,0 +1,1 @@
+"""Identify: the neuron selectors (LAP, LAPE, MAD, CAS, AAPE, random) and resampling of their sets."""

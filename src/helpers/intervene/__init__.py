@@ -1,0 +1,1 @@
+"""Intervene: edit conditions, the batched runner, and the deactivation / steering / label-free experiments."""

@@ -1,0 +1,1 @@
+"""Log: streaming activation statistics and the logging stage."""

@@ -1,0 +1,1 @@
+"""Metrics: intervention effects (recall, UAR, SE/CE/gap, flips, corrections) and bootstrap intervals."""

@@ -1,0 +1,1 @@
+"""Chapter 07: sparse autoencoders on the gate activations, compared with the selected neurons."""
