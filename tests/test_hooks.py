@@ -116,7 +116,7 @@ def test_last_logits_follow_the_attention_mask(tiny):
 
 
 def test_every_trace_is_counted_and_written_beside_the_metrics(tiny, tmp_path):
-    from helpers import io
+    from helpers.core import io
 
     model = tiny["audio-flamingo-3"]
     inputs = tiny_inputs("audio-flamingo-3", model, batch=3, ragged=True)

@@ -42,7 +42,7 @@ _WRAPPER_ATTR = "_esn_nnsight_wrapper"
 
 #: Work done by :func:`trace` in this process: forward passes, item rows and token positions. Instrumentation
 #: only (nothing reads it to decide anything): each stage reports its share of the book's work from it
-#: (``helpers.io.write_metrics`` writes it to ``usage.json``; the benchmarks page shows it).
+#: (``helpers.core.io.write_metrics`` writes it to ``usage.json``; the benchmarks page shows it).
 _FORWARDS: dict[str, int] = {"passes": 0, "rows": 0, "tokens": 0}
 
 

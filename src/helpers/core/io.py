@@ -175,7 +175,7 @@ def _jsonable(x: Any) -> Any:
 def write_metrics(stage_dir: str | Path, metrics: Mapping[str, Any]) -> Path:
     """Write a stage's headline numbers to ``metrics.json`` (non-finite floats become null), and beside it
     ``usage.json``: the forward passes, item rows and tokens this process has run through the tracer so far
-    (:func:`helpers.hooks.forward_counts`; written only where the tracer was loaded), so the benchmarks page can
+    (:func:`helpers.core.hooks.forward_counts`; written only where the tracer was loaded), so the benchmarks page can
     show each stage's work next to its time."""
     text = json.dumps(_jsonable(dict(metrics)), indent=2, sort_keys=True)
     path = atomic_write_text(Path(stage_dir) / "metrics.json", text + "\n")
