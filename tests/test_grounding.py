@@ -1,4 +1,4 @@
-"""helpers.ground.grounding: pairing, position-class patching (gates and residual), the grounding coefficient and the
+"""helpers.ground: pairing, position-class patching (gates and residual), the grounding coefficient and the
 conflict analysis, on hand-built tables and a tiny random Qwen2-Audio whose audio/text positions we control."""
 
 from __future__ import annotations
@@ -26,7 +26,16 @@ from helpers.core import hooks as H  # noqa: E402
 from helpers.core.hooks import run_with_gate_edits, trace_gates  # noqa: E402
 from helpers.core.models import gate_shape  # noqa: E402
 from helpers.core.subject import Batch  # noqa: E402
-from helpers.ground import grounding as G  # noqa: E402
+from helpers.ground import (  # noqa: E402
+    cluster_masks,
+    coefficients,
+    conflicts,
+    dissociation,
+    grounding_tables,
+    pairing,
+    patching,
+    planted,
+)
 
 LABELS = ("neutral", "happy", "angry", "sad")
 N_FRAMES = 2 * MAX_SOURCE_POSITIONS
@@ -108,7 +117,7 @@ def corpus_table(n_matched: int = 2) -> pd.DataFrame:
 # ------------------------------------------------------------------------------------------------------ pairing
 def test_audio_pairs_differ_only_in_audio():
     df = corpus_table()
-    pairs = G.audio_pairs(df, LABELS)
+    pairs = pairing.audio_pairs(df, LABELS)
     assert len(pairs) == 2 * 4 * 3  # per matched id: 4 x 3 ordered pairs of different emotions
     assert (pairs["base_matched_id"] == pairs["cf_matched_id"]).all()
     assert (pairs["base_label"] != pairs["cf_label"]).all()
@@ -116,54 +125,54 @@ def test_audio_pairs_differ_only_in_audio():
     assert (pairs["base_text"] == pairs["cf_text"]).all()  # the counterfactual keeps the base's prompt text
     assert (pairs["base_context"] == "none").all() and (pairs["cf_context"] == "none").all()
     assert (pairs["cf_emotion"] == pairs["cf_label"]).all() and (pairs["kind"] == "audio").all()
-    base, cf = G.pair_rows(pairs)
+    base, cf = pairing.pair_rows(pairs)
     assert list(base.columns) == list(df.columns) and len(cf) == len(pairs)
     assert (cf["text"] == base["text"]).all()
-    two = G.audio_pairs(df, ("happy", "sad"))
+    two = pairing.audio_pairs(df, ("happy", "sad"))
     assert len(two) == 2 * 2 and set(two["base_label"]) == {"happy", "sad"}
 
 
 def test_text_pairs_share_the_clip():
     df = corpus_table()
-    pairs = G.text_pairs(df, LABELS)
+    pairs = pairing.text_pairs(df, LABELS)
     assert len(pairs) == 8
     assert (pairs["base_path"] == pairs["cf_path"]).all() and (pairs["base_clip_id"] == pairs["cf_clip_id"]).all()
     assert (pairs["base_context"] == "none").all() and (pairs["cf_context"] == "conflict").all()
     assert (pairs["base_text"] != pairs["cf_text"]).all()
     assert (pairs["cf_emotion"] == pairs["cf_context_label"]).all()
     assert (pairs["cf_emotion"] != pairs["base_label"]).all()
-    both = G.text_pairs(df, contexts=("conflict", "congruent"))
+    both = pairing.text_pairs(df, contexts=("conflict", "congruent"))
     assert len(both) == 16 and set(both["cf_context"]) == {"conflict", "congruent"}
     with pytest.raises(ValueError, match="conflict"):
-        G.text_pairs(df, contexts=("sarcastic",))
-    conflict = G.conflict_items(df)
+        pairing.text_pairs(df, contexts=("sarcastic",))
+    conflict = pairing.conflict_items(df)
     assert len(conflict) == 8 and (conflict["label"] != conflict["context_label"]).all()
 
 
 def test_missing_columns_say_what_grounding_needs():
     df = corpus_table().drop(columns=["matched_id"])
-    with pytest.raises(G.GroundingDataError, match="matched_id") as err:
-        G.audio_pairs(df)
+    with pytest.raises(pairing.GroundingDataError, match="matched_id") as err:
+        pairing.audio_pairs(df)
     assert isinstance(err.value, ValueError) and "same sentence and voice" in str(err.value)
-    with pytest.raises(G.GroundingDataError, match="context_label"):
-        G.text_pairs(corpus_table().drop(columns=["context_label"]))
-    with pytest.raises(G.GroundingDataError, match="context"):
-        G.conflict_items(corpus_table().drop(columns=["context", "context_label"]))
-    with pytest.raises(G.GroundingDataError, match="no audio pairs"):
-        G.audio_pairs(corpus_table()[lambda d: d["label"] == "happy"])
+    with pytest.raises(pairing.GroundingDataError, match="context_label"):
+        pairing.text_pairs(corpus_table().drop(columns=["context_label"]))
+    with pytest.raises(pairing.GroundingDataError, match="context"):
+        pairing.conflict_items(corpus_table().drop(columns=["context", "context_label"]))
+    with pytest.raises(pairing.GroundingDataError, match="no audio pairs"):
+        pairing.audio_pairs(corpus_table()[lambda d: d["label"] == "happy"])
 
 
 def test_layer_clusters():
-    assert G.layer_clusters(6) == {"early": [0, 1], "middle": [2, 3], "late": [4, 5]}
-    assert G.layer_clusters(7) == {"early": [0, 1, 2], "middle": [3, 4], "late": [5, 6]}
-    assert G.layer_clusters(2, 2) == {"early": [0], "late": [1]}
+    assert cluster_masks.layer_clusters(6) == {"early": [0, 1], "middle": [2, 3], "late": [4, 5]}
+    assert cluster_masks.layer_clusters(7) == {"early": [0, 1, 2], "middle": [3, 4], "late": [5, 6]}
+    assert cluster_masks.layer_clusters(2, 2) == {"early": [0], "late": [1]}
     with pytest.raises(ValueError):
-        G.layer_clusters(2, 3)
+        cluster_masks.layer_clusters(2, 3)
 
 
 # --------------------------------------------------------------------------------------------------- patching
 def _rows(df: pd.DataFrame, n: int = 3) -> tuple[pd.DataFrame, pd.DataFrame]:
-    return G.pair_rows(df.iloc[:n])
+    return pairing.pair_rows(df.iloc[:n])
 
 
 def _pair_batches(subject, pairs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, Batch, Batch]:
@@ -174,7 +183,7 @@ def _pair_batches(subject, pairs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFr
 
 def test_the_one_tracer_matches_run_with_gate_edits_and_trace_gates(subject):
     model = subject.model
-    base, cf, b_batch, c_batch = _pair_batches(subject, G.audio_pairs(corpus_table()))
+    base, cf, b_batch, c_batch = _pair_batches(subject, pairing.audio_pairs(corpus_table()))
     b_in, c_in = b_batch.inputs, c_batch.inputs
     _, src = trace_gates(model, c_in, logits="none")
     L, N = gate_shape(model)
@@ -193,9 +202,10 @@ def test_the_one_tracer_matches_run_with_gate_edits_and_trace_gates(subject):
 
 @pytest.mark.parametrize("what", ["gates", "residual"])
 def test_patching_a_run_into_itself_changes_nothing(subject, what):
-    base, _ = _rows(G.audio_pairs(corpus_table()))
+    base, _ = _rows(pairing.audio_pairs(corpus_table()))
     for side in ("audio", "text", "all"):
-        res = G.patch_run(subject, base, base, side=side, what=what, layers=[0, 1] if what == "residual" else None)
+        res = patching.patch_run(subject, base, base, side=side, what=what,
+                                 layers=[0, 1] if what == "residual" else None)
         assert torch.equal(res.logits_after, res.logits_before)
         assert torch.equal(res.act_after["answer"], res.act_before["answer"])
         assert torch.equal(res.act_after["side"], res.act_before["side"])
@@ -203,7 +213,7 @@ def test_patching_a_run_into_itself_changes_nothing(subject, what):
 
 def test_full_gate_patch_reproduces_counterfactual_gates_not_logits(subject):
     model = subject.model
-    base, cf, b_batch, c_batch = _pair_batches(subject, G.audio_pairs(corpus_table()))
+    base, cf, b_batch, c_batch = _pair_batches(subject, pairing.audio_pairs(corpus_table()))
     b_in, c_in = b_batch.inputs, c_batch.inputs
     cf_logits, cf_gates = trace_gates(model, c_in, logits="last")
     everywhere = torch.ones_like(b_in["input_ids"], dtype=torch.bool)
@@ -213,11 +223,11 @@ def test_full_gate_patch_reproduces_counterfactual_gates_not_logits(subject):
     # up_proj, attention and the residual stream still read the base input: gate patching is not a full swap
     assert not torch.allclose(logits, cf_logits, atol=1e-4)
 
-    res = G.patch_run(subject, base, cf, side="all", direction="denoise")
+    res = patching.patch_run(subject, base, cf, side="all", direction="denoise")
     torch.testing.assert_close(res.act_after["answer"], res.act_source["answer"], rtol=0, atol=0)
     torch.testing.assert_close(res.act_after["side"], res.act_source["side"], rtol=0, atol=0)
     torch.testing.assert_close(res.logits_source, subject.label_logits(c_batch, cf_logits))
-    noise = G.patch_run(subject, base, cf, side="all", direction="noise")
+    noise = patching.patch_run(subject, base, cf, side="all", direction="noise")
     torch.testing.assert_close(noise.logits_before, res.logits_source, rtol=0, atol=0)
     # effects point towards the counterfactual in both directions: brought in (denoise), taken away (noise)
     np.testing.assert_allclose(res.pred_effect(), res.p_cf("after") - res.p_cf("before"))
@@ -226,7 +236,7 @@ def test_full_gate_patch_reproduces_counterfactual_gates_not_logits(subject):
 
 def test_full_residual_patch_reproduces_counterfactual(subject):
     model = subject.model
-    base, cf, b_batch, c_batch = _pair_batches(subject, G.audio_pairs(corpus_table()))
+    base, cf, b_batch, c_batch = _pair_batches(subject, pairing.audio_pairs(corpus_table()))
     b_in, c_in = b_batch.inputs, c_batch.inputs
     cf_logits, cf_gates = trace_gates(model, c_in, logits="last")
     _, _, hidden = H.trace(model, c_in, read_residual=[0], logits="last")
@@ -235,14 +245,14 @@ def test_full_residual_patch_reproduces_counterfactual(subject):
     torch.testing.assert_close(gates[1], cf_gates[1])  # layer 1 computes from the patched stream
     assert not torch.allclose(gates[0], cf_gates[0])  # layer 0's gates ran before the patch
 
-    res = G.patch_run(subject, base, cf, side="all", what="residual", layers=[1])
+    res = patching.patch_run(subject, base, cf, side="all", what="residual", layers=[1])
     torch.testing.assert_close(res.logits_after, res.logits_source)
     assert not torch.allclose(res.logits_before, res.logits_source)
 
 
 def test_patching_text_positions_of_layer0_edits_only_text_positions(subject):
     model = subject.model
-    base, cf, b_batch, c_batch = _pair_batches(subject, G.text_pairs(corpus_table()))
+    base, cf, b_batch, c_batch = _pair_batches(subject, pairing.text_pairs(corpus_table()))
     b_in, c_in = b_batch.inputs, c_batch.inputs
     _, b_gates = trace_gates(model, b_in, logits="none")
     _, c_gates = trace_gates(model, c_in, logits="none")
@@ -270,22 +280,22 @@ def test_position_misalignment_is_refused(subject):
     base = pd.DataFrame({"path": ["a1"], "text": ["t1"], "label": ["happy"]})
     cf = pd.DataFrame({"path": ["a1"], "text": ["t999"], "label": ["happy"]})
     with pytest.raises(ValueError, match="align"):
-        G.patch_run(sub, base, cf, side="text")
+        patching.patch_run(sub, base, cf, side="text")
 
 
 # --------------------------------------------------------------------------------------- grounding coefficient
 def test_coefficient_formula():
-    c = G.grounding_coefficient([2.0, 0.0, 1.0, 0.0, -3.0], [0.0, 5.0, 1.0, 0.0, 1.0])
+    c = coefficients.grounding_coefficient([2.0, 0.0, 1.0, 0.0, -3.0], [0.0, 5.0, 1.0, 0.0, 1.0])
     np.testing.assert_allclose(c[[0, 1, 2, 4]], [1.0, 0.0, 0.5, 0.75])
     assert np.isnan(c[3])
-    cls = G.classify_grounding([0.95, 0.7, 0.5, 0.3, 0.05, np.nan])
+    cls = coefficients.classify_grounding([0.95, 0.7, 0.5, 0.3, 0.05, np.nan])
     assert cls.tolist() == ["audio", "audio", "mixed", "text", "text", "none"]
-    assert G.classify_grounding([0.6], audio_min=0.6).tolist() == ["audio"]
+    assert coefficients.classify_grounding([0.6], audio_min=0.6).tolist() == ["audio"]
     with pytest.raises(ValueError):
-        G.classify_grounding([0.5], audio_min=0.3, text_max=0.4)
+        coefficients.classify_grounding([0.5], audio_min=0.3, text_max=0.4)
 
 
-def _synthetic_result(side: str, change: np.ndarray, n_layers: int = 2, n_neurons: int = 3) -> G.PatchResult:
+def _synthetic_result(side: str, change: np.ndarray, n_layers: int = 2, n_neurons: int = 3) -> patching.PatchResult:
     """A PatchResult with prescribed per-item activation changes for read neurons (0,0), (0,1), (1,2)."""
     n, k = change.shape
     read = torch.tensor([[0, 0], [0, 1], [1, 2]])[:k]
@@ -293,7 +303,7 @@ def _synthetic_result(side: str, change: np.ndarray, n_layers: int = 2, n_neuron
     rows = pd.DataFrame({"path": [f"a{i}" for i in range(n)], "label": ["happy"] * n})
     logits = torch.zeros(n, len(LABELS))
     act = {"answer": before, "side": before}
-    return G.PatchResult(
+    return patching.PatchResult(
         side=side, direction="denoise", what="gates", layers=[0, 1], labels=LABELS, base_rows=rows, cf_rows=rows,
         cf_emotion=["sad"] * n, read_index=read, n_patched=0, logits_before=logits, logits_after=logits,
         logits_source=logits, act_before=act, act_after={"answer": before + torch.as_tensor(change).float(),
@@ -308,7 +318,7 @@ def test_coefficient_on_constructed_neurons_and_sets():
     audio_change = np.stack([rng.normal(2, 0.5, n), np.zeros(n), rng.choice([-1.0, 1.0], n)], 1)
     text_change = np.stack([np.zeros(n), rng.normal(-2, 0.5, n), rng.choice([-1.0, 1.0], n)], 1)
     audio, text = _synthetic_result("audio", audio_change), _synthetic_result("text", text_change)
-    table = G.neuron_grounding(audio, text, n_boot=200, clusters={"early": [0], "late": [1]})
+    table = grounding_tables.neuron_grounding(audio, text, n_boot=200, clusters={"early": [0], "late": [1]})
     np.testing.assert_allclose(table["coefficient"], [1.0, 0.0, 0.5], atol=1e-6)
     assert table["grounding"].tolist() == ["audio", "text", "mixed"]
     assert table["cluster"].tolist() == ["early", "early", "late"]
@@ -318,18 +328,18 @@ def test_coefficient_on_constructed_neurons_and_sets():
 
     sets = {"audio-set": torch.tensor([[0, 0]]), "text-set": torch.tensor([[0, 1]]), "all": torch.tensor(
         [[0, 0], [0, 1], [1, 2]])}
-    st = G.set_grounding(audio, text, sets, 2, 3, n_boot=200).set_index("set")
+    st = grounding_tables.set_grounding(audio, text, sets, 2, 3, n_boot=200).set_index("set")
     assert st.loc["audio-set", "coefficient"] == pytest.approx(1.0)
     assert st.loc["text-set", "coefficient"] == pytest.approx(0.0)
     assert st.loc["audio-set", "grounding"] == "audio" and st.loc["text-set", "grounding"] == "text"
     assert st.loc["all", "n_neurons"] == 3 and 0.0 < st.loc["all", "coefficient"] < 1.0
-    masks = G.grounded_sets(table, 2, 3)
+    masks = grounding_tables.grounded_sets(table, 2, 3)
     assert masks["audio-grounded"][0, 0] and masks["text-grounded"][0, 1] and masks["mixed"][1, 2]
     assert int(masks["audio-grounded"].sum()) == 1
     with pytest.raises(ValueError, match="not read"):
-        G.set_grounding(audio, text, {"x": torch.tensor([[1, 0]])}, 2, 3)
+        grounding_tables.set_grounding(audio, text, {"x": torch.tensor([[1, 0]])}, 2, 3)
     with pytest.raises(ValueError, match="audio-side"):
-        G.neuron_grounding(text, audio)
+        grounding_tables.neuron_grounding(text, audio)
 
 
 @pytest.mark.parametrize("direction", ["denoise", "noise"])
@@ -337,12 +347,12 @@ def test_end_to_end_coefficient_follows_causal_order(subject, subject_text_first
     """Causal attention makes the answer known: positions before the modality that differs carry nothing."""
     df = corpus_table()
     # audio first: in a text pair the audio positions precede the change -> patching them is a no-op -> coef 0
-    tp = G.text_pairs(df, LABELS).iloc[:4]
-    a = G.patch_pairs(subject, tp, side="audio", direction=direction)
-    t = G.patch_pairs(subject, tp, side="text", direction=direction)
+    tp = pairing.text_pairs(df, LABELS).iloc[:4]
+    a = patching.patch_pairs(subject, tp, side="audio", direction=direction)
+    t = patching.patch_pairs(subject, tp, side="text", direction=direction)
     assert torch.equal(a.logits_after, a.logits_before) and torch.equal(a.act_after["answer"], a.act_before["answer"])
     assert not torch.equal(t.act_after["answer"], t.act_before["answer"])
-    table = G.neuron_grounding(a, t)
+    table = grounding_tables.neuron_grounding(a, t)
     moved = table["delta_text"] > 0
     # gate patches reach the answer's layer-l neurons only through layers < l: layer 0 cannot move (coef NaN)
     assert not moved[table["layer"] == 0].any() and moved[table["layer"] == 1].mean() > 0.9
@@ -350,25 +360,25 @@ def test_end_to_end_coefficient_follows_causal_order(subject, subject_text_first
     det = moved & table["coefficient"].notna()
     assert det.mean() > 0.3 and (table.loc[det, "coefficient"] == 0.0).all()
     assert (table.loc[det, "grounding"] == "text").all() and (table.loc[~det, "grounding"] == "none").all()
-    pred = G.prediction_grounding(a, t, n_boot=50)
+    pred = grounding_tables.prediction_grounding(a, t, n_boot=50)
     assert pred["coefficient_raw"].iloc[0] == 0.0 and pred["delta_audio"].iloc[0] == 0.0
     # calibrated: 0, or undetermined where the gate patch carries under 5 % of the text's total effect
     c, r = pred["coefficient"].iloc[0], pred["ratio_text"].iloc[0]
     assert c == 0.0 if r >= 0.05 else (np.isnan(c) and "less than" in pred["undetermined"].iloc[0])
 
     # text first: in an audio pair the text positions precede the change -> coef 1
-    ap = G.audio_pairs(df, LABELS).iloc[:4]
-    a = G.patch_pairs(subject_text_first, ap, side="audio", direction=direction)
-    t = G.patch_pairs(subject_text_first, ap, side="text", direction=direction)
+    ap = pairing.audio_pairs(df, LABELS).iloc[:4]
+    a = patching.patch_pairs(subject_text_first, ap, side="audio", direction=direction)
+    t = patching.patch_pairs(subject_text_first, ap, side="text", direction=direction)
     assert torch.equal(t.logits_after, t.logits_before)
-    table = G.neuron_grounding(a, t)
+    table = grounding_tables.neuron_grounding(a, t)
     moved = table["delta_audio"] > 0
     det = moved & table["coefficient"].notna()  # the rest move less than the floor times their layer's mean
     assert moved[table["layer"] == 1].mean() > 0.9 and det.mean() > 0.3
     assert (table.loc[det, "coefficient"] == 1.0).all()
     assert table.loc[moved & ~det, "undetermined"].str.contains("less than").all()
-    sets = {"layer1": G.restrict_to_layers(torch.ones(*gate_shape(subject.model), dtype=torch.bool), [1])}
-    st = G.set_grounding(a, t, sets, *gate_shape(subject.model), group_by="base_emotion", n_boot=50)
+    sets = {"layer1": cluster_masks.restrict_to_layers(torch.ones(*gate_shape(subject.model), dtype=torch.bool), [1])}
+    st = grounding_tables.set_grounding(a, t, sets, *gate_shape(subject.model), group_by="base_emotion", n_boot=50)
     assert (st["coefficient"] == 1.0).all() and set(st["group"]) <= set(LABELS)
 
 
@@ -376,8 +386,8 @@ def test_neuron_set_patch_and_readout(subject):
     """Patching a neuron set at the audio side: only that set's audio-position values change in its layer."""
     L, N = gate_shape(subject.model)
     neurons = torch.tensor([[0, 5], [0, 9], [1, 3]])
-    base, cf = _rows(G.audio_pairs(corpus_table()))
-    res = G.patch_run(subject, base, cf, side="audio", neuron_mask=neurons, layers=[0])
+    base, cf = _rows(pairing.audio_pairs(corpus_table()))
+    res = patching.patch_run(subject, base, cf, side="audio", neuron_mask=neurons, layers=[0])
     assert res.layers == [0] and res.n_patched == 2 and res.read_index.tolist() == neurons.tolist()
     # layer-0 set neurons at the audio positions are the counterfactual's; layer 1 was not patched
     torch.testing.assert_close(res.act_after["side"][:, :2], res.act_source["side"][:, :2], rtol=0, atol=0)
@@ -391,21 +401,22 @@ def test_clusters_and_random_controls():
     mask = torch.zeros(4, 10, dtype=torch.bool)
     mask[0, :3] = True
     mask[3, 5] = True
-    parts = G.split_by_cluster({"s": mask}, G.layer_clusters(4, 2), 4, 10)
+    parts = cluster_masks.split_by_cluster({"s": mask}, cluster_masks.layer_clusters(4, 2), 4, 10)
     assert set(parts) == {"s/early", "s/late"} and int(parts["s/early"].sum()) == 3
-    r = G.random_mask_like(mask, seed=1, exclude=mask)
+    r = cluster_masks.random_mask_like(mask, seed=1, exclude=mask)
     assert r.sum(1).tolist() == mask.sum(1).tolist() and not (r & mask).any()
-    assert torch.equal(G.union_mask({"a": mask, "b": r}, 4, 10), mask | r)
+    assert torch.equal(cluster_masks.union_mask({"a": mask, "b": r}, 4, 10), mask | r)
 
 
 # ------------------------------------------------------------------------------------------- conflict analysis
 def test_conflict_analysis(subject):
     model = subject.model
     L, N = gate_shape(model)
-    items = G.conflict_items(corpus_table())
+    items = pairing.conflict_items(corpus_table())
     all_neurons = torch.ones(L, N, dtype=torch.bool)
-    res = G.conflict_analysis(subject, items, {"all": all_neurons, "empty": torch.zeros(L, N, dtype=torch.bool)},
-                              n_boot=100, batch_size=5)
+    res = conflicts.conflict_analysis(subject, items,
+                                      {"all": all_neurons, "empty": torch.zeros(L, N, dtype=torch.bool)},
+                                      n_boot=100, batch_size=5)
     t = res.table.set_index("condition")
     assert list(t.index) == ["baseline", "all", "empty"] and (t["n_items"] == len(items)).all()
     batch = subject.batch_inputs(items)
@@ -426,7 +437,7 @@ def test_conflict_analysis(subject):
     np.testing.assert_allclose(fr, 1.0)  # conflict items: audio and text emotions differ
     assert (t["follows_audio_ci_low"] <= t["follows_audio"]).all()
     with pytest.raises(ValueError, match="reserved"):
-        G.conflict_analysis(subject, items, {"baseline": all_neurons}, n_boot=0)
+        conflicts.conflict_analysis(subject, items, {"baseline": all_neurons}, n_boot=0)
 
 
 # ------------------------------------------------------------------------------- calibrated coefficient, known answers
@@ -435,20 +446,23 @@ def test_calibrated_coefficient_is_invariant_to_each_sides_perturbation_size():
     n, k = 30, 3
     audio_change = np.abs(rng.normal(0, 1, (n, k))) * np.array([2.0, 0.2, 1.0])
     text_change = np.abs(rng.normal(0, 1, (n, k))) * np.array([0.2, 2.0, 1.0])
-    big = G.neuron_grounding(_synthetic_result("audio", audio_change), _synthetic_result("text", text_change))
-    weak = G.neuron_grounding(_synthetic_result("audio", audio_change), _synthetic_result("text", 0.05 * text_change))
+    big = grounding_tables.neuron_grounding(_synthetic_result("audio", audio_change),
+                                            _synthetic_result("text", text_change))
+    weak = grounding_tables.neuron_grounding(_synthetic_result("audio", audio_change),
+                                             _synthetic_result("text", 0.05 * text_change))
     np.testing.assert_allclose(weak["coefficient"], big["coefficient"], rtol=1e-5)  # text 20x weaker: same g
     assert (weak["coefficient_raw"] - big["coefficient_raw"]).abs().max() > 0.2  # the raw ratio is not
     assert big["coefficient"].iloc[0] > 0.7 and big["coefficient"].iloc[1] < 0.3
     np.testing.assert_allclose(big["null_audio"].iloc[:2], audio_change[:, :2].mean(), rtol=1e-6)  # layer-0 mean
-    g, ra, rt, why = G.calibrated_coefficient([1.0, 0.1, 0.0, 2.0], [1.0, 0.1, 0.0, 0.0], [1.0] * 4, [1.0, 1, 1, 0])
+    g, ra, rt, why = coefficients.calibrated_coefficient([1.0, 0.1, 0.0, 2.0], [1.0, 0.1, 0.0, 0.0], [1.0] * 4,
+                                                         [1.0, 1, 1, 0])
     np.testing.assert_allclose(g[[0, 3]], [0.5, 1.0])
     assert np.isnan(g[1]) and "less than 0.25x" in why[1] and np.isnan(g[2]) and "neither side" in why[2]
     assert why[0] == "" and rt[3] == 0.0
     with pytest.raises(ValueError, match="text_max"):
-        G.GroundingThresholds(audio_min=0.3, text_max=0.4)
+        coefficients.GroundingThresholds(audio_min=0.3, text_max=0.4)
     with pytest.raises(ValueError, match="null"):
-        G.GroundingThresholds(null="median")
+        coefficients.GroundingThresholds(null="median")
 
 
 def _state(model) -> dict[str, torch.Tensor]:
@@ -457,15 +471,15 @@ def _state(model) -> dict[str, torch.Tensor]:
 
 def test_known_answer_planted_neurons(subject):
     df = corpus_table(6)
-    ap, tp = G.audio_pairs(df, LABELS), G.text_pairs(df, LABELS)
+    ap, tp = pairing.audio_pairs(df, LABELS), pairing.text_pairs(df, LABELS)
     before = _state(subject.model)
-    table = G.known_answer_table(subject, ap, tp, layer=1)
+    table = planted.known_answer_table(subject, ap, tp, layer=1)
     after = _state(subject.model)
     assert all(torch.equal(before[k], after[k]) for k in before)  # planted weights restored
     g = table.set_index("kind")["coefficient"]
     assert g["text"] <= 0.3 and g["audio"] >= 0.7
     assert np.isnan(g["random"]) or 0.3 <= g["random"] <= 0.7
-    assert G.known_answer_check(subject, ap, tp, 1) == pytest.approx(
+    assert planted.known_answer_check(subject, ap, tp, 1) == pytest.approx(
         {"text": g["text"], "audio": g["audio"], "random": g["random"]})
 
 
@@ -498,8 +512,8 @@ def weak_text_subject(subject):
 
 def test_known_answer_when_one_perturbation_is_much_smaller(weak_text_subject):
     df = corpus_table(6)
-    ap, tp = G.audio_pairs(df, LABELS), G.text_pairs(df, LABELS)
-    table = G.known_answer_table(weak_text_subject, ap, tp, layer=1).set_index("kind")
+    ap, tp = pairing.audio_pairs(df, LABELS), pairing.text_pairs(df, LABELS)
+    table = planted.known_answer_table(weak_text_subject, ap, tp, layer=1).set_index("kind")
     assert table["shift_rms_audio"].iloc[0] > 10 * table["shift_rms_text"].iloc[0]
     # the raw ratio fails here (a text reader looks mixed, a random neuron audio-grounded) ...
     assert table.loc["text", "coefficient_raw"] > 0.3 and table.loc["random", "coefficient_raw"] > 0.8
@@ -511,11 +525,12 @@ def test_known_answer_when_one_perturbation_is_much_smaller(weak_text_subject):
 def test_dissociation_structure_and_controls(subject):
     model = subject.model
     L, N = gate_shape(model)
-    items = G.conflict_items(corpus_table(2))
+    items = pairing.conflict_items(corpus_table(2))
     text_set = torch.zeros(L, N, dtype=torch.bool)
     text_set[1, :20] = True
-    res = G.dissociation(subject, items, text_set, {"a": [[0, 1], [0, 2]], "b": [[1, 40]]}, random_seeds=(0, 1),
-                         n_boot=100, batch_size=4, progress=False)
+    res = dissociation.dissociation(subject, items, text_set, {"a": [[0, 1], [0, 2]], "b": [[1, 40]]},
+                                    random_seeds=(0, 1),
+                                    n_boot=100, batch_size=4, progress=False)
     t = res.table.set_index("condition")
     assert list(res.predictions.shape) == [1 + 2 * 3, len(items)]
     assert t.loc["text_sets", "n_neurons"] == 20 and t.loc["audio_sets", "n_neurons"] == 3
@@ -530,7 +545,7 @@ def test_dissociation_structure_and_controls(subject):
     assert len(s["text_following_ci"]) == 2 and s["n_neurons"] == 20
     assert isinstance(res.summary["double_dissociation"], bool)
     level = np.where(np.arange(len(items)) % 2 == 0, "clear", "none")
-    by = G.dissociation_by_group(res, items.assign(reliability=level), LABELS, "reliability")
+    by = dissociation.dissociation_by_group(res, items.assign(reliability=level), LABELS, "reliability")
     assert set(by) == {"clear", "none"} and by["clear"]["n_items"] + by["none"]["n_items"] == len(items)
     odd = level == "none"
     assert by["none"]["text_sets"]["text_following"] == pytest.approx(
@@ -539,9 +554,9 @@ def test_dissociation_structure_and_controls(subject):
     assert by["none"]["audio_sets"]["random_audio_following"] == pytest.approx(
         ((p[5:7][:, odd] == y_audio[odd]).mean(1) - (p[0, odd] == y_audio[odd]).mean()).mean())
     with pytest.raises(ValueError, match="not a column"):
-        G.dissociation_by_group(res, items, LABELS, "reliability")
-    base = G.dissociation(subject, items, torch.zeros(L, N, dtype=torch.bool), [[0, 1]], random_seeds=(),
-                          n_boot=0, progress=False)
+        dissociation.dissociation_by_group(res, items, LABELS, "reliability")
+    base = dissociation.dissociation(subject, items, torch.zeros(L, N, dtype=torch.bool), [[0, 1]], random_seeds=(),
+                                     n_boot=0, progress=False)
     assert base.summary["text_sets"]["text_following"] == 0.0 and "random_text_following" not in base.summary[
         "text_sets"]
 
@@ -549,7 +564,7 @@ def test_dissociation_structure_and_controls(subject):
 def test_extreme_sets_pick_the_most_text_and_audio_grounded_neurons():
     import pandas as pd
 
-    from helpers.ground.grounding import extreme_sets
+    from helpers.ground.grounding_tables import extreme_sets
 
     table = pd.DataFrame({
         "layer": [0, 0, 1, 1, 1, 2], "neuron": [0, 1, 0, 1, 2, 0],

@@ -203,12 +203,12 @@ def _untrained_sae(d_in: int, seed: int) -> S.TopKSAE:
 
 def test_total_effect_runs_feed_chapter_06s_set_grounding(organism, small_corpora):
     from helpers.data import corpus
-    from helpers.ground import grounding as gr
+    from helpers.ground import grounding_tables, pairing
 
     labels = list(organism.labels)
     pool = corpus.load(small_corpora["A"], context=None, reliability=None)
     pool = pool[pool.split == "evaluate"]
-    ap, tp = gr.audio_pairs(pool, labels).head(4), gr.text_pairs(pool, labels).head(4)
+    ap, tp = pairing.audio_pairs(pool, labels).head(4), pairing.text_pairs(pool, labels).head(4)
     n_layers, n_neurons = gate_shape(organism.model)
     saes = [_untrained_sae(n_neurons, seed=i) for i in range(n_layers)]
     live = torch.zeros(n_layers, saes[0].cfg.d_sae, dtype=torch.bool)
@@ -222,6 +222,7 @@ def test_total_effect_runs_feed_chapter_06s_set_grounding(organism, small_corpor
     g0 = a["neurons"].act_before["answer"][:, :n_neurons]
     assert torch.allclose(a["features"].act_before["answer"][:, :64], saes[0].encode(g0)[:, :64], atol=1e-5)
     sets = {"x": torch.tensor([[0, 1], [1, 2]])}
-    t = gr.set_grounding(runs["audio"]["features"], runs["text"]["features"], sets, n_layers, saes[0].cfg.d_sae,
-                         n_boot=0)
+    t = grounding_tables.set_grounding(runs["audio"]["features"], runs["text"]["features"], sets, n_layers,
+                                       saes[0].cfg.d_sae,
+                                       n_boot=0)
     assert list(t.set) == ["x"] and "coefficient" in t

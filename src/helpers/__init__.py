@@ -30,8 +30,9 @@ _PUBLIC: dict[str, str] = {
     "label_free": "intervene.interventions",
     "deactivation_experiment": "intervene.interventions", "steering_experiment": "intervene.interventions",
     # Ground
-    "patch_pairs": "ground.grounding", "calibrated_coefficient": "ground.grounding",
-    "neuron_grounding": "ground.grounding", "set_grounding": "ground.grounding", "dissociation": "ground.grounding",
+    "patch_pairs": "ground.patching", "calibrated_coefficient": "ground.coefficients",
+    "neuron_grounding": "ground.grounding_tables", "set_grounding": "ground.grounding_tables",
+    "dissociation": "ground.dissociation",
     # scale
     "log_activations_sharded": "core.distributed", "run_conditions_sharded": "core.distributed",
 }
