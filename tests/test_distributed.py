@@ -80,7 +80,7 @@ SWEEP_SCRIPT = """
 import sys, numpy as np, torch, torch.distributed as dist
 from helpers.data import corpus
 from helpers.core import distributed
-from helpers.intervene.interventions import deactivate, identity, steer
+from helpers.intervene.conditions import deactivate, identity, steer
 from helpers.subjects.organism import load_organism
 dist.init_process_group("gloo")
 org = load_organism(sys.argv[1])
@@ -96,7 +96,8 @@ dist.destroy_process_group()
 
 
 def test_a_sweep_on_two_gloo_processes_equals_one(organism, small_corpora, tmp_path):
-    from helpers.intervene.interventions import deactivate, identity, run_conditions, steer
+    from helpers.intervene.conditions import deactivate, identity, steer
+    from helpers.intervene.runner import run_conditions
 
     (tmp_path / "sweep.py").write_text(SWEEP_SCRIPT)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -120,7 +121,7 @@ def test_a_sweep_on_two_gloo_processes_equals_one(organism, small_corpora, tmp_p
 
 
 def test_per_item_conditions_are_refused_by_the_sharded_sweep(organism, small_corpora):
-    from helpers.intervene.interventions import label_free
+    from helpers.intervene.per_item import label_free
 
     df = corpus.load(small_corpora["A"], split="identify").head(4)
     sets = {lbl: torch.tensor([[0, i]]) for i, lbl in enumerate(organism.labels)}

@@ -184,14 +184,14 @@ def test_answer_gates_are_the_gates_at_the_last_position(organism, few_items):
 
 
 def test_empty_edit_on_the_organism_gives_the_clean_logits(organism, few_items):
-    from helpers.intervene import interventions as iv
+    from helpers.intervene import conditions, runner
 
     n_layers, n_neurons = gate_shape(organism.model)
     saes = [_untrained_sae(n_neurons, seed=i) for i in range(n_layers)]
     edits = [S.FeatureEdit("clean"), S.removal(torch.zeros(0, 2), name="empty"),
              S.removal(torch.tensor([[1, int(j)] for j in range(0, 2048, 4)]), name="many")]
     ll = S.run_feature_edits(organism, few_items, saes, edits, batch_size=5)
-    ref = iv.run_conditions(organism, few_items, [iv.identity()], batch_size=5, progress=False)[0]
+    ref = runner.run_conditions(organism, few_items, [conditions.identity()], batch_size=5, progress=False)[0]
     assert np.array_equal(ll[0], ref) and np.array_equal(ll[1], ref)
     assert not np.allclose(ll[2], ref)  # a real removal does change the answer logits
 

@@ -25,10 +25,10 @@ _PUBLIC: dict[str, str] = {
     "as_pairs": "core.neuron_sets", "as_mask": "core.neuron_sets", "random_sets": "core.neuron_sets",
     "save_sets": "core.neuron_sets", "load_sets": "core.neuron_sets",
     # Intervene
-    "run_conditions": "intervene.interventions", "identity": "intervene.interventions",
-    "deactivate": "intervene.interventions", "steer": "intervene.interventions",
-    "label_free": "intervene.interventions",
-    "deactivation_experiment": "intervene.interventions", "steering_experiment": "intervene.interventions",
+    "run_conditions": "intervene.runner", "identity": "intervene.conditions",
+    "deactivate": "intervene.conditions", "steer": "intervene.conditions",
+    "label_free": "intervene.per_item",
+    "deactivation_experiment": "intervene.deactivation", "steering_experiment": "intervene.steering",
     # Ground
     "patch_pairs": "ground.patching", "calibrated_coefficient": "ground.coefficients",
     "neuron_grounding": "ground.grounding_tables", "set_grounding": "ground.grounding_tables",

@@ -59,7 +59,8 @@ def dissociation(subject: Subject, conflict: pd.DataFrame, text_sets: Any, audio
     means what it says, the text sets lower text-following more than audio-following and the audio sets the
     reverse (``summary["double_dissociation"]``).
     """
-    from ..intervene.interventions import deactivate, identity, run_conditions
+    from ..intervene.conditions import deactivate, identity
+    from ..intervene.runner import run_conditions
     from ..metrics.effects import bootstrap_ci
 
     require_columns(conflict, ("label", "context_label"), "the dissociation analysis (grounding)")

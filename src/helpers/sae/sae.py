@@ -480,7 +480,7 @@ def feature_edit_fn(sae: TopKSAE, remove: torch.Tensor | None = None, splice: to
 def run_feature_edits(subject: Subject, df: pd.DataFrame, saes: Sequence[TopKSAE], edits: Sequence[FeatureEdit], *,
                       positions: str = "last", batch_size: int = 64, max_rows: int = 2048) -> np.ndarray:
     """Label logits ``[n_edits, n_items, n_labels]`` of every edit on every item, batched like
-    :func:`helpers.intervene.interventions.run_conditions` (one forward per batch and chunk of edits, row
+    :func:`helpers.intervene.runner.run_conditions` (one forward per batch and chunk of edits, row
     ``j * b + i`` = edit ``j`` on item ``i``), with the edits applied through ``gate_fns`` of the one tracer."""
     edits = list(edits)
     n_labels = len(subject.labels)
