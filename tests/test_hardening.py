@@ -637,7 +637,7 @@ def test_valid_header_with_no_samples_names_the_file(tmp_path):
 def test_corrupt_and_empty_files_are_dropped_and_counted_at_load_time_by_default(tmp_path, caplog):
     from fixtures_datasets import make_crema_d
 
-    from helpers.data.speech_datasets import load_crema_d
+    from helpers.data.crema_d import load_crema_d
 
     root = make_crema_d(tmp_path / "crema")
     sf.write(root / "AudioWAV" / "1001_DFA_ANG_XX.wav", np.zeros(0, dtype=np.float32), 16_000)
@@ -650,7 +650,8 @@ def test_corrupt_and_empty_files_are_dropped_and_counted_at_load_time_by_default
 def test_upper_case_extensions_are_found(tmp_path):
     from fixtures_datasets import make_crema_d, make_iemocap
 
-    from helpers.data.speech_datasets import load_crema_d, load_iemocap
+    from helpers.data.crema_d import load_crema_d
+    from helpers.data.iemocap import load_iemocap
 
     root = make_crema_d(tmp_path / "crema")
     for f in list((root / "AudioWAV").glob("*.wav")):
@@ -677,7 +678,8 @@ def test_dataset_paths_are_checked_before_the_model_loads(tmp_path, capsys, unto
 def test_real_dataset_label_columns_are_checked_before_the_model_loads(tmp_path):
     from fixtures_datasets import make_meld
 
-    from helpers.data.speech_datasets import LayoutError, check_source
+    from helpers.data.loading import LayoutError
+    from helpers.data.source_checks import check_source
 
     root = make_meld(tmp_path / "MELD.Raw")
     check_source("meld", root=root, labels=["neutral", "happy"])
@@ -690,7 +692,8 @@ def test_real_dataset_label_columns_are_checked_before_the_model_loads(tmp_path)
 
 
 def test_real_dataset_without_a_root_says_where_to_point_it(monkeypatch):
-    from helpers.data.speech_datasets import DatasetNotAvailable, check_source
+    from helpers.data.loading import DatasetNotAvailable
+    from helpers.data.source_checks import check_source
 
     monkeypatch.delenv("ESN_IEMOCAP_ROOT", raising=False)
     with pytest.raises(DatasetNotAvailable, match=r"datasets\.iemocap: no data.*`root: <folder>`.*ESN_IEMOCAP_ROOT"):

@@ -46,7 +46,7 @@ from helpers.core.models import (  # noqa: E402
     get_adapter,
 )
 from helpers.core.subject import Subject  # noqa: E402
-from helpers.data.speech_datasets import DATASETS  # noqa: E402
+from helpers.data.catalog import DATASETS  # noqa: E402
 from helpers.identify.selectors import select, to_mask  # noqa: E402
 from helpers.log.activation_log import log_activations  # noqa: E402
 from helpers.subjects import adapters as S  # noqa: E402

@@ -23,24 +23,15 @@ from fixtures_datasets import (
 )
 
 from helpers.data.audio import AudioLoadError, SamplingRateError, check_sampling_rate, load_audio, read_info
+from helpers.data.catalog import DATASETS, load_dataset, load_from_hub
+from helpers.data.crema_d import load_crema_d
+from helpers.data.iemocap import IEMOCAP_LABEL_MAP, load_iemocap
+from helpers.data.loading import DatasetNotAvailable, LayoutError, UnknownLabelError
+from helpers.data.meld import load_meld
+from helpers.data.msp_podcast import load_msp_podcast
+from helpers.data.ravdess import load_ravdess
 from helpers.data.schema import REQUIRED_COLUMNS, SchemaError, validate
-from helpers.data.speech_datasets import (
-    DATASETS,
-    IEMOCAP_LABEL_MAP,
-    DatasetNotAvailable,
-    LayoutError,
-    UnknownLabelError,
-    check_speaker_disjoint,
-    load_crema_d,
-    load_dataset,
-    load_from_hub,
-    load_iemocap,
-    load_meld,
-    load_msp_podcast,
-    load_ravdess,
-    split_speakers,
-    summary,
-)
+from helpers.data.speaker_splits import check_speaker_disjoint, split_speakers, summary
 
 
 # ------------------------------------------------------------------------------------------------ fixtures
@@ -145,7 +136,7 @@ def test_iemocap_session_split(corpora: dict[str, Path]) -> None:
 
 
 def test_dropped_rows_are_logged(corpora: dict[str, Path], caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="helpers.data.speech_datasets"):
+    with caplog.at_level(logging.WARNING, logger="helpers.data.loading"):
         load_iemocap(corpora["iemocap"])
     assert "fru" in caplog.text and "16" in caplog.text
 

@@ -372,8 +372,8 @@ def preflight(info: cfg.StageInfo, effective: Mapping[str, Any]) -> None:
     if not ({"model_path", "datasets"} & reads):
         return
     from ..core.models import ModelNotAvailableError, RemoteCodeNotAllowedError, UnknownAdapterError
+    from ..data.loading import DatasetNotAvailable
     from ..data.schema import SchemaError
-    from ..data.speech_datasets import DatasetNotAvailable
     from ..subjects.adapters import check_datasets, check_model_source
 
     try:

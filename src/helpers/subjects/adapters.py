@@ -599,7 +599,7 @@ class DatasetSpec:
     """One ``datasets`` entry, normalised: which loader, where the data are, and extra loader options."""
 
     name: str
-    loader: str  # "corpus" or a key of helpers.data.speech_datasets.DATASETS
+    loader: str  # "corpus" or a key of helpers.data.catalog.DATASETS
     root: str | None = None
     hub_id: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
@@ -621,7 +621,7 @@ def dataset_spec(name: str, entry: Any) -> DatasetSpec:
     otherwise the entry's name picks the real loader (``iemocap: /data/IEMOCAP_full_release``). In a mapping,
     ``root: null`` lets the loader read its environment variable (``ESN_IEMOCAP_ROOT``, ...).
     """
-    from ..data.speech_datasets import DATASETS, _canonical
+    from ..data.catalog import DATASETS, _canonical
 
     where = f"datasets.{name}"
     if isinstance(entry, (str, os.PathLike)):
@@ -689,7 +689,7 @@ def check_datasets(params: Mapping[str, Any]) -> None:
     columns, and its label map must be able to produce every configured label.
     """
     from ..data.schema import REQUIRED_COLUMNS, SchemaError
-    from ..data.speech_datasets import check_source
+    from ..data.source_checks import check_source
 
     datasets = params.get("datasets") or {}
     if not isinstance(datasets, Mapping) or not datasets:
@@ -732,7 +732,7 @@ def load_items(
     """Items of dataset ``name`` (default: the config's ``dataset``) in the unified schema, labels checked.
 
     Synthetic corpora go through :func:`helpers.data.corpus.load` (``kwargs`` e.g. ``context=None``), real corpora
-    through :func:`helpers.data.speech_datasets.load_dataset` with the entry's root / hub id and options; the configured
+    through :func:`helpers.data.catalog.load_dataset` with the entry's root / hub id and options; the configured
     ``labels`` and ``seed`` are passed on unless the entry sets them. ``split`` keeps one split.
     """
     datasets = params.get("datasets") or {}
@@ -748,7 +748,7 @@ def load_items(
 
         df = corpus.load(cast(str, spec.root), **{**spec.options, **kwargs})  # dataset_spec gives corpora a root
     else:
-        from ..data.speech_datasets import load_dataset
+        from ..data.catalog import load_dataset
 
         # `context` selects a synthetic corpus's text-context rows; a real dataset has one row per clip
         kwargs = {k: v for k, v in kwargs.items() if k != "context"}
