@@ -20,7 +20,7 @@ from helpers.core.neuron_sets import as_mask  # noqa: E402
 from helpers.core.subject import Batch  # noqa: E402
 from helpers.intervene import conditions, deactivation, dose_response, per_item, runner, steering  # noqa: E402
 from helpers.log.stats import ActivationStats  # noqa: E402
-from helpers.metrics import effects as M  # noqa: E402
+from helpers.metrics import bootstrap  # noqa: E402
 
 LABELS = ("neutral", "happy", "angry", "sad")
 LABEL_TOKENS = (11, 22, 33, 44)
@@ -330,16 +330,16 @@ def test_gap_ci_is_the_joint_bootstrap_of_the_mean_gap(subject, df, shape):
                                                seed=4, progress=False)
     preds = res.logits.argmax(-1)
     own = {c.meta["target"]: preds[j] for j, c in enumerate(res.conditions) if c.meta.get("selector") == "sel"}
-    expected = M.bootstrap_mean_gap(res.y_true, res.y_base, own, labels=LABELS, n_boot=200, seed=4)
+    expected = bootstrap.bootstrap_mean_gap(res.y_true, res.y_base, own, labels=LABELS, n_boot=200, seed=4)
     assert res.gap_ci["sel"] == pytest.approx(expected)
-    assert res.summary["sel"] == pytest.approx(M.mean_gap(res.y_true, res.y_base, own, labels=LABELS))
+    assert res.summary["sel"] == pytest.approx(bootstrap.mean_gap(res.y_true, res.y_base, own, labels=LABELS))
     ctrl: dict[str, list] = {}
     for j, c in enumerate(res.conditions):
         if c.meta.get("selector") == "random(sel)":
             ctrl.setdefault(c.meta["target"], []).append(preds[j])
     stacked = {t: np.stack(v) for t, v in ctrl.items()}
     assert res.gap_ci["random"] == pytest.approx(
-        M.bootstrap_mean_gap(res.y_true, res.y_base, stacked, labels=LABELS, n_boot=200, seed=4))
+        bootstrap.bootstrap_mean_gap(res.y_true, res.y_base, stacked, labels=LABELS, n_boot=200, seed=4))
 
 
 def test_dose_response_random_control_never_exceeds_the_selection(subject, df, shape):

@@ -1,4 +1,4 @@
-"""Hand-computed checks for helpers.metrics.effects (recall, effects, flip rate, effect matrix, bootstrap, tables)."""
+"""Hand-computed checks for helpers.metrics (recall, effects, flip rate, effect matrix, bootstrap, tables)."""
 
 from __future__ import annotations
 
@@ -10,27 +10,18 @@ import pandas as pd
 import pytest
 import torch
 
+from helpers.metrics.bootstrap import BootstrapSettings, bootstrap_ci, bootstrap_effects, bootstrap_mean_gap, mean_gap
+from helpers.metrics.corrections import corrections, damage, delta_uar, outcomes
 from helpers.metrics.effects import (
-    BootstrapSettings,
     Effects,
-    aggregate_random,
-    bootstrap_ci,
-    bootstrap_effects,
-    bootstrap_mean_gap,
-    corrections,
-    damage,
-    delta_uar,
-    dose_response_table,
     effect_matrix,
     effects,
     flip_rate,
     flip_rate_to_target,
-    mean_gap,
-    outcomes,
     recall_per_class,
-    summarise_gaps,
     uar,
 )
+from helpers.metrics.summaries import aggregate_random, dose_response_table, summarise_gaps
 
 LABELS = ["neutral", "happy", "sad"]
 NEU, HAP, SAD = 0, 1, 2

@@ -47,7 +47,7 @@ def conflict_analysis(
     shifts that. ``sets``: ``{name: mask [L, N] or (layer, neuron) pairs}``, e.g.
     :func:`~helpers.ground.grounding_tables.grounded_sets` plus a
     :func:`~helpers.ground.cluster_masks.random_mask_like` control."""
-    from ..metrics.effects import bootstrap_ci
+    from ..metrics.bootstrap import bootstrap_ci
 
     require_columns(df_conflict, ("label", "context_label"), "the conflict analysis (grounding)")
     if df_conflict.empty:

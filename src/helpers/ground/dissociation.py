@@ -61,7 +61,7 @@ def dissociation(subject: Subject, conflict: pd.DataFrame, text_sets: Any, audio
     """
     from ..intervene.conditions import deactivate, identity
     from ..intervene.runner import run_conditions
-    from ..metrics.effects import bootstrap_ci
+    from ..metrics.bootstrap import bootstrap_ci
 
     require_columns(conflict, ("label", "context_label"), "the dissociation analysis (grounding)")
     if conflict.empty:

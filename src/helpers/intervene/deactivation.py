@@ -5,7 +5,7 @@ The experiments (:func:`deactivation_experiment`, :func:`~helpers.intervene.dose
 :func:`~helpers.intervene.dose_response.dose_response_alpha`,
 :func:`~helpers.intervene.steering.steering_experiment`, :func:`~helpers.intervene.steering.non_additivity`) build the
 conditions, run them in one batched sweep and turn
-the label logits into tidy tables with :mod:`helpers.metrics.effects`, so the notebooks stay a few lines each.
+the label logits into tidy tables with :mod:`helpers.metrics`, so the notebooks stay a few lines each.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch
 from ..core.models import gate_shape
 from ..core.neuron_sets import as_pairs, random_sets
 from ..core.subject import Subject
-from ..metrics import effects as M
+from ..metrics import bootstrap, effects, summaries
 from .conditions import Condition, Selection, deactivate, identity
 from .evaluation import label_indices
 from .runner import DEFAULT_MAX_ROWS, run_conditions
@@ -54,8 +54,8 @@ def _effect_cis(yt, yb, yi, t, labels, n_boot, seed) -> dict[str, tuple[float, f
     """Stratified paired bootstrap intervals of SE/CE/gap (the flip variant that is always defined)."""
     if n_boot <= 0:
         return {k: (math.nan, math.nan) for k in ("self_effect", "cross_effect", "gap", "flip_rate")}
-    return M.bootstrap_effects(yt, yb, yi, t, labels=labels, n_boot=n_boot, seed=seed, stratify=True,
-                               among="all_non_target")
+    return bootstrap.bootstrap_effects(yt, yb, yi, t, labels=labels, n_boot=n_boot, seed=seed, stratify=True,
+                                       among="all_non_target")
 
 
 @dataclass
@@ -74,7 +74,7 @@ class DeactivationResult:
       ``"random"`` and ``"random(layer-matched)"`` (the mean over selectors of their controls' mean gaps): the
       ``gap`` table of ``metrics.json``.
     * ``gap_ci``: ``{name: (low, high)}`` for the same names, the joint stratified bootstrap of the mean gap
-      (:func:`helpers.metrics.effects.bootstrap_mean_gap`; NaN with ``n_boot = 0``).
+      (:func:`helpers.metrics.bootstrap.bootstrap_mean_gap`; NaN with ``n_boot = 0``).
     * ``logits`` [n_conditions, n_items, C], ``conditions``, ``y_true``, ``y_base`` for further analysis.
     """
 
@@ -115,7 +115,7 @@ def deactivation_experiment(subject: Subject, df: pd.DataFrame, sets: Mapping[st
     count in every layer (``"random(layer-matched)"``) — salted with the selector's name, so two selectors with
     equal sizes get independent draws. All conditions plus the baseline run in one batched sweep. Effects
     (self/cross/gap, paired stratified bootstrap CIs with ``n_boot`` resamples) come from
-    :mod:`helpers.metrics.effects`; a successful deactivation has a negative gap (the target loses more than the
+    :mod:`helpers.metrics`; a successful deactivation has a negative gap (the target loses more than the
     rest). The mean gap's interval is a joint stratified bootstrap over items (``gap_ci``).
     """
     labels, y_true = _truth(subject, df)
@@ -145,13 +145,13 @@ def deactivation_experiment(subject: Subject, df: pd.DataFrame, sets: Mapping[st
                             progress=progress)
     preds = logits.argmax(-1)
     y_base = preds[0]
-    uar_base = M.uar(y_true, y_base, labels=labels)
+    uar_base = effects.uar(y_true, y_base, labels=labels)
     rows = []
     by_selector: dict[str, dict[str, list[np.ndarray]]] = {}
     for j, c in enumerate(conds[1:], start=1):
         m = c.meta
         t = labels.index(m["target"])
-        eff = M.effects(y_true, y_base, preds[j], t, labels=labels)
+        eff = effects.effects(y_true, y_base, preds[j], t, labels=labels)
         iv = _effect_cis(y_true, y_base, preds[j], t, labels, n_boot, seed)
         row = {
             "selector": m["selector"], "like": m["like"], "target": m["target"], "seed": m.get("seed"),
@@ -160,7 +160,7 @@ def deactivation_experiment(subject: Subject, df: pd.DataFrame, sets: Mapping[st
             "gap_ci_low": iv["gap"][0], "gap_ci_high": iv["gap"][1],
             "self_ci_low": iv["self_effect"][0], "self_ci_high": iv["self_effect"][1],
             "cross_ci_low": iv["cross_effect"][0], "cross_ci_high": iv["cross_effect"][1],
-            "uar_base": uar_base, "uar_int": M.uar(y_true, preds[j], labels=labels), "n_items": len(y_true),
+            "uar_base": uar_base, "uar_int": effects.uar(y_true, preds[j], labels=labels), "n_items": len(y_true),
         }
         for lbl, d in zip(labels, eff.per_class_delta, strict=True):
             row[f"delta_{lbl}"] = float(d)
@@ -173,7 +173,7 @@ def deactivation_experiment(subject: Subject, df: pd.DataFrame, sets: Mapping[st
     matrices: dict[str, pd.DataFrame] = {}
     for sel_name, per_target in by_selector.items():
         n_draws = max(len(v) for v in per_target.values())
-        mats = [M.effect_matrix(y_true, y_base, {t: v[i] for t, v in per_target.items() if i < len(v)}, labels)
+        mats = [effects.effect_matrix(y_true, y_base, {t: v[i] for t, v in per_target.items() if i < len(v)}, labels)
                 for i in range(n_draws)]
         matrices[sel_name] = sum(mats[1:], mats[0]) / len(mats) if len(mats) > 1 else mats[0]
 
@@ -188,12 +188,12 @@ def deactivation_experiment(subject: Subject, df: pd.DataFrame, sets: Mapping[st
                     continue
                 ctrl = table[(table["selector"] == control_name(sel_name, kind)) & (table["target"] == r["target"])]
                 recs = ctrl[["self_effect", "cross_effect", "gap"]].to_dict("records")
-                g = (M.aggregate_random(recs) if recs else {}).get("gap", {"mean": math.nan, "std": math.nan})
+                g = (summaries.aggregate_random(recs) if recs else {}).get("gap", {"mean": math.nan, "std": math.nan})
                 rec.update({f"{prefix}_gap_mean": g["mean"], f"{prefix}_gap_std": g["std"],
                             f"gap_minus_{prefix}": r["gap"] - g["mean"]})
                 rec["n_seeds"] = len(ctrl)
             comp.append(rec)
-    summary = M.summarise_gaps(table[["selector", "target", "gap"]]) if len(table) else {}
+    summary = summaries.summarise_gaps(table[["selector", "target", "gap"]]) if len(table) else {}
     for kind in controls:
         vals = [summary[control_name(str(s), kind)] for s in sets if control_name(str(s), kind) in summary]
         if vals:
@@ -221,7 +221,7 @@ def _gap_intervals(y_true: np.ndarray, y_base: np.ndarray, by_selector: Mapping[
             out[name] = (math.nan, math.nan)
             continue
         stacked = {t: np.stack(v) for t, v in per_target.items()}
-        out[name] = M.bootstrap_mean_gap(y_true, y_base, stacked, labels=labels, n_boot=n_boot, seed=seed)
+        out[name] = bootstrap.bootstrap_mean_gap(y_true, y_base, stacked, labels=labels, n_boot=n_boot, seed=seed)
     return out
 
 
@@ -262,7 +262,7 @@ def identification_variability(subject: Subject, df: pd.DataFrame, replicates: S
     rows = []
     for (r, sel_name), per_target in groups.items():
         row = {"replicate": r, "selector": sel_name,
-               "gap": M.mean_gap(y_true, preds[0], per_target, labels=labels),
+               "gap": bootstrap.mean_gap(y_true, preds[0], per_target, labels=labels),
                "n_neurons": float(np.mean(sizes[(r, sel_name)]))}
         if reference is not None and sel_name in reference:
             overlap = jaccard({t: as_pairs(p, L, N) for t, p in replicates[r][sel_name].items()},

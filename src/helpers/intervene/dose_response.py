@@ -14,7 +14,7 @@ import torch
 from ..core.models import gate_shape
 from ..core.neuron_sets import as_pairs, random_sets
 from ..core.subject import Subject
-from ..metrics import effects as M
+from ..metrics import summaries
 from .conditions import Mode, Pairs, Selection, SteeringSettings, deactivate, identity, steer, steering_constants
 from .deactivation import _truth, control_name
 from .per_item import softmax_np
@@ -42,7 +42,7 @@ def dose_response_k(subject: Subject, df: pd.DataFrame, selection: Selection, ks
     draw matched to the whole set (so the random sets are nested in ``k`` like the ranked ones); with
     ``match_layers=True`` a fresh draw per ``k`` with the same count per layer as the selector's prefix.
 
-    Returns :func:`helpers.metrics.effects.dose_response_table` (``param`` = k) with carried columns ``selector``,
+    Returns :func:`helpers.metrics.summaries.dose_response_table` (``param`` = k) with carried columns ``selector``,
     ``mode``, ``k_effective``, ``clamped``, ``control`` and ``seed`` (random rows).
     """
     labels, y_true = _truth(subject, df)
@@ -102,7 +102,7 @@ def dose_response_k(subject: Subject, df: pd.DataFrame, selection: Selection, ks
 
 
 def _dose_table(records: list[dict], labels: Sequence[str], param_key: str, n_boot: int, seed: int) -> pd.DataFrame:
-    """:func:`helpers.metrics.effects.dose_response_table` row by row (same seed, so rows share resamples), keeping a
+    """:func:`helpers.metrics.summaries.dose_response_table` row by row (same seed, so rows share resamples), keeping a
     row whose flip rate is undefined in every resample (e.g. the baseline already predicts the target everywhere)
     with NaN intervals instead of failing the whole table."""
     import warnings
@@ -112,15 +112,15 @@ def _dose_table(records: list[dict], labels: Sequence[str], param_key: str, n_bo
         warnings.simplefilter("ignore", RuntimeWarning)  # undefined flip rates (NaN) are expected for some rows
         for rec in records:
             try:
-                part = M.dose_response_table([rec], labels, param_key=param_key, n_boot=n_boot, seed=seed,
-                                             stratify=True)
+                part = summaries.dose_response_table([rec], labels, param_key=param_key, n_boot=n_boot, seed=seed,
+                                                     stratify=True)
             except ValueError:
                 if n_boot <= 0:
                     raise
-                part = M.dose_response_table([rec], labels, param_key=param_key, n_boot=0, seed=seed)
+                part = summaries.dose_response_table([rec], labels, param_key=param_key, n_boot=0, seed=seed)
             parts.append(part)
     if not parts:
-        return pd.DataFrame(columns=list(M.DOSE_RESPONSE_COLUMNS))
+        return pd.DataFrame(columns=list(summaries.DOSE_RESPONSE_COLUMNS))
     return pd.concat(parts, ignore_index=True)
 
 
@@ -134,7 +134,7 @@ def dose_response_alpha(subject: Subject, df: pd.DataFrame, selection: Selection
     (``stats``: the identification stats, needed for the ``add`` / ``patch_mean`` constants) on all items.
 
     ``alpha`` may be negative (attenuation; ``-1`` = deactivation in the multiply mode) or 0 (the baseline). Per
-    (target, alpha) the row has the :func:`helpers.metrics.effects.dose_response_table` columns (``param`` = alpha;
+    (target, alpha) the row has the :func:`helpers.metrics.summaries.dose_response_table` columns (``param`` = alpha;
     ``flip_rate`` = share of items of *other* emotions, not already predicted as the target, that flip to it)
     and ``mode`` plus:
 

@@ -15,7 +15,7 @@ import pandas as pd
 from ..core.models import gate_shape
 from ..core.neuron_sets import as_mask, as_pairs
 from ..core.subject import Subject
-from ..metrics import effects as M
+from ..metrics import bootstrap, corrections, effects
 from .conditions import MODES, Condition, Selection, SteeringSettings, identity, joint, steer, steering_constants
 from .deactivation import _truth
 from .dose_response import _prefix
@@ -33,7 +33,8 @@ def _rate_ci(hits: np.ndarray, n_boot: int, seed: int) -> tuple[float, float]:
     """Percentile bootstrap interval of a proportion over the eligible items (NaN if none or n_boot = 0)."""
     if n_boot <= 0 or hits.size == 0:
         return math.nan, math.nan
-    return M.bootstrap_ci(lambda h: h.mean(axis=1), hits.astype(np.float64), n_boot=n_boot, seed=seed, batched=True)
+    return bootstrap.bootstrap_ci(lambda h: h.mean(axis=1), hits.astype(np.float64), n_boot=n_boot, seed=seed,
+                                  batched=True)
 
 
 def steering_experiment(subject: Subject, df: pd.DataFrame, selection: Selection, alphas: Iterable[float], *,
@@ -49,7 +50,7 @@ def steering_experiment(subject: Subject, df: pd.DataFrame, selection: Selection
     one ``target="mean"`` row per (mode, alpha) averaging them; ``oracle`` rows (each item toward its own true
     emotion, :func:`~helpers.intervene.per_item.oracle`) have ``target="true"``, label-free rows ``target="all"``. Every
     row is scored by
-    the same outcome functions of :mod:`helpers.metrics.effects`, each under its own key:
+    the same outcome functions of :mod:`helpers.metrics`, each under its own key:
 
     * ``corrections`` — share of the baseline's errors now correct (all items; for a targeted row most errors are
       of other emotions, which steering toward e cannot fix: see ``corrections_target_class`` and the oracle);
@@ -105,19 +106,19 @@ def steering_experiment(subject: Subject, df: pd.DataFrame, selection: Selection
         extra: dict[str, Any] = {}
         if strat == "targeted":
             t = labels.index(c.meta["target"])
-            out = M.outcomes(y_true, y_base, yi, labels, target=t)
-            elig = M.flip_eligible(y_true, y_base, t)
+            out = corrections.outcomes(y_true, y_base, yi, labels, target=t)
+            elig = effects.flip_eligible(y_true, y_base, t)
             flip_hits = yi[elig] == t
             own = (y_true == t) & (y_base != t)
             extra["corrections_target_class"] = float((yi[own] == t).mean()) if own.any() else math.nan
             target = c.meta["target"]
         elif strat == "oracle":
-            out = M.outcomes(y_true, y_base, yi, labels, target=y_true, exclude_true_target=False)
+            out = corrections.outcomes(y_true, y_base, yi, labels, target=y_true, exclude_true_target=False)
             elig = y_base != y_true
             flip_hits = yi[elig] == y_true[elig]
             target = "true"
         else:
-            out = M.outcomes(y_true, y_base, yi, labels)
+            out = corrections.outcomes(y_true, y_base, yi, labels)
             flip_hits = np.zeros(0, dtype=bool)
             target = "all"
         wrong = y_base != y_true
@@ -127,7 +128,8 @@ def steering_experiment(subject: Subject, df: pd.DataFrame, selection: Selection
                      "corrections_target_class": extra.get("corrections_target_class", math.nan),
                      "flip_ci_low": lo, "flip_ci_high": hi, "corrections_ci_low": clo, "corrections_ci_high": chi,
                      "acc_base": float((y_base == y_true).mean()), "acc_int": float((yi == y_true).mean()),
-                     "uar_base": M.uar(y_true, y_base, labels=labels), "uar_int": M.uar(y_true, yi, labels=labels),
+                     "uar_base": effects.uar(y_true, y_base, labels=labels), "uar_int": effects.uar(y_true, yi,
+                                                                                                    labels=labels),
                      "n_items": len(y_true)})
     table = pd.DataFrame(rows)
     if "targeted" in strategies and len(table):
@@ -168,7 +170,7 @@ def steering_metrics(table: pd.DataFrame) -> dict[str, Any]:
     for mode in modes:
         sub = summary[summary["mode"] == mode]
         by_mode[mode] = {}
-        for measure in M.OUTCOME_KEYS:
+        for measure in corrections.OUTCOME_KEYS:
             by_mode[mode][measure] = {}
             for strat in [s for s in STRATEGIES if s in set(sub["strategy"])]:
                 col = sub[sub["strategy"] == strat].set_index("alpha")[measure]
@@ -243,8 +245,8 @@ def non_additivity(subject: Subject, df: pd.DataFrame, selection: Selection, *,
                     inter = dj - (da + db)
                     lo, hi = (math.nan, math.nan)
                     if n_boot > 0 and inter.size:
-                        lo, hi = M.bootstrap_ci(lambda x: x.mean(axis=1), inter, n_boot=n_boot, seed=seed,
-                                                batched=True)
+                        lo, hi = bootstrap.bootstrap_ci(lambda x: x.mean(axis=1), inter, n_boot=n_boot, seed=seed,
+                                                        batched=True)
                     add = float(da.mean() + db.mean()) if inter.size else math.nan
                     jm = float(dj.mean()) if inter.size else math.nan
                     rows.append({
