@@ -22,7 +22,7 @@ from tiny_models import (  # noqa: E402
     build_tiny,
 )
 
-from helpers.core import hooks as H  # noqa: E402
+from helpers.core import hooks  # noqa: E402
 from helpers.core.hooks import run_with_gate_edits, trace_gates  # noqa: E402
 from helpers.core.models import gate_shape  # noqa: E402
 from helpers.core.subject import Batch  # noqa: E402
@@ -190,11 +190,11 @@ def test_the_one_tracer_matches_run_with_gate_edits_and_trace_gates(subject):
     mask = torch.rand(L, N, generator=torch.Generator().manual_seed(0)) < 0.3
     pos = subject.position_masks(b_batch)["audio"]
     ref = run_with_gate_edits(model, b_in, patch=src, patch_mask=mask, positions=pos, logits="last")
-    got, gates, _ = H.trace(model, b_in, patch=src, patch_mask=mask, positions=pos, logits="last")
+    got, gates, _ = hooks.trace(model, b_in, patch=src, patch_mask=mask, positions=pos, logits="last")
     torch.testing.assert_close(got, ref, rtol=0, atol=0)
     # no edit at all: the same as the hooks' reader
     plain, plain_gates = trace_gates(model, b_in, logits="last")
-    got, gates, _ = H.trace(model, b_in, logits="last")
+    got, gates, _ = hooks.trace(model, b_in, logits="last")
     torch.testing.assert_close(got, plain, rtol=0, atol=0)
     for a, b in zip(gates, plain_gates, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
@@ -217,7 +217,7 @@ def test_full_gate_patch_reproduces_counterfactual_gates_not_logits(subject):
     b_in, c_in = b_batch.inputs, c_batch.inputs
     cf_logits, cf_gates = trace_gates(model, c_in, logits="last")
     everywhere = torch.ones_like(b_in["input_ids"], dtype=torch.bool)
-    logits, gates, _ = H.trace(model, b_in, patch=cf_gates, positions=everywhere, logits="last")
+    logits, gates, _ = hooks.trace(model, b_in, patch=cf_gates, positions=everywhere, logits="last")
     for got, want in zip(gates, cf_gates, strict=True):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
     # up_proj, attention and the residual stream still read the base input: gate patching is not a full swap
@@ -239,8 +239,8 @@ def test_full_residual_patch_reproduces_counterfactual(subject):
     base, cf, b_batch, c_batch = _pair_batches(subject, pairing.audio_pairs(corpus_table()))
     b_in, c_in = b_batch.inputs, c_batch.inputs
     cf_logits, cf_gates = trace_gates(model, c_in, logits="last")
-    _, _, hidden = H.trace(model, c_in, read_residual=[0], logits="last")
-    logits, gates, _ = H.trace(model, b_in, residual=hidden, logits="last")  # every position of layer 0's output
+    _, _, hidden = hooks.trace(model, c_in, read_residual=[0], logits="last")
+    logits, gates, _ = hooks.trace(model, b_in, residual=hidden, logits="last")  # every position of layer 0's output
     torch.testing.assert_close(logits, cf_logits)
     torch.testing.assert_close(gates[1], cf_gates[1])  # layer 1 computes from the patched stream
     assert not torch.allclose(gates[0], cf_gates[0])  # layer 0's gates ran before the patch
@@ -257,7 +257,7 @@ def test_patching_text_positions_of_layer0_edits_only_text_positions(subject):
     _, b_gates = trace_gates(model, b_in, logits="none")
     _, c_gates = trace_gates(model, c_in, logits="none")
     text = subject.position_masks(b_batch)["text"]
-    _, gates, _ = H.trace(model, b_in, patch={0: c_gates[0]}, positions=text, logits="last")
+    _, gates, _ = hooks.trace(model, b_in, patch={0: c_gates[0]}, positions=text, logits="last")
     changed = (gates[0] != b_gates[0]).any(-1)
     assert changed.any() and not (changed & ~text).any()  # layer 0 changes at text positions only ...
     torch.testing.assert_close(gates[0][text], c_gates[0][text], rtol=0, atol=0)  # ... to the cf's values

@@ -14,7 +14,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from tiny_models import AUDIO_ID, TinySubject, build_tiny, tiny_inputs  # noqa: E402
 
-from helpers.core.hooks import NonFiniteEditError  # noqa: E402
+from helpers.core.gate_edits import NonFiniteEditError  # noqa: E402
 from helpers.core.models import gate_modules, gate_shape  # noqa: E402
 from helpers.core.neuron_sets import as_mask  # noqa: E402
 from helpers.core.subject import Batch  # noqa: E402

@@ -10,7 +10,7 @@ import pytest
 import torch
 from tiny_models import build_tiny, tiny_inputs
 
-from helpers.core import hooks as H
+from helpers.core import hooks
 from helpers.core.models import gate_shape
 from helpers.identify import selectors as sel
 from helpers.sae import sae as S
@@ -55,20 +55,20 @@ def test_empty_feature_edit_is_exact_and_a_real_one_is_not():
     model = build_tiny("qwen2-audio")
     inputs = tiny_inputs("qwen2-audio", model, batch=2)
     n_layers, n_neurons = gate_shape(model)
-    _, gates = H.trace_gates(model, inputs, logits="none")
+    _, gates = hooks.trace_gates(model, inputs, logits="none")
     saes = [S.train_sae(g.reshape(-1, n_neurons), S.SAEConfig(d_in=n_neurons, expansion=4, k=4, steps=20,
                                                                  batch_size=16, seed=i))[0]
             for i, g in enumerate(gates)]
-    clean = H.run_with_gate_edits(model, inputs)
+    clean = hooks.run_with_gate_edits(model, inputs)
     rows = 2
     empty = {i: S.feature_edit_fn(s, remove=torch.zeros(rows, s.cfg.d_sae)) for i, s in enumerate(saes)}
-    assert torch.equal(H.run_with_gate_edits(model, inputs, gate_fns=empty), clean)
+    assert torch.equal(hooks.run_with_gate_edits(model, inputs, gate_fns=empty), clean)
     # removing every feature of layer 0 at the last position only: the logits there change, the earlier ones don't
     T = inputs["input_ids"].shape[1]
     last = torch.zeros(rows, T, dtype=torch.bool)
     last[:, -1] = True
     full = {0: S.feature_edit_fn(saes[0], remove=torch.ones(rows, saes[0].cfg.d_sae))}
-    edited = H.run_with_gate_edits(model, inputs, gate_fns=full, positions=last)
+    edited = hooks.run_with_gate_edits(model, inputs, gate_fns=full, positions=last)
     assert torch.equal(edited[:, :-1], clean[:, :-1])
     assert not torch.allclose(edited[:, -1], clean[:, -1])
 

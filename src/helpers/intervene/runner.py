@@ -18,7 +18,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from ..core.hooks import NonFiniteEditError, run_with_gate_edits
+from ..core.gate_edits import NonFiniteEditError
+from ..core.hooks import run_with_gate_edits
 from ..core.models import gate_shape
 from ..core.subject import Batch, Subject
 from .conditions import _DTYPE, Condition
