@@ -236,7 +236,7 @@ def _fake_checkpoint(folder: Path, marker: Path) -> Path:
 
 @pytest.mark.parametrize("value", ["false", "true", "False", 0, 1, None])
 def test_remote_code_runs_only_on_an_explicit_boolean_true(tmp_path, value):
-    from helpers.core.models import RemoteCodeNotAllowedError
+    from helpers.core.families import RemoteCodeNotAllowedError
     from helpers.subjects import adapters as subjects
 
     marker = tmp_path / "marker"
@@ -553,7 +553,7 @@ def _tiny_subject():
     sys.path.insert(0, str(Path(__file__).parent))
     from tiny_models import AUDIO_BOS_ID, AUDIO_EOS_ID, PAD_ID, build_tiny, tiny_inputs
 
-    from helpers.core.models import get_adapter
+    from helpers.core.families import get_adapter
     from helpers.subjects import adapters as S
 
     labels = ("neutral", "happy", "angry", "sad")

@@ -1,4 +1,5 @@
-"""helpers.core.models: gate discovery on the real (tiny) architectures, adapters, loading failures, prompts,
+"""helpers.core.models, families, prompts: gate discovery on the real (tiny) architectures, adapters, loading failures,
+prompts,
 scoring."""
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from tiny_models import (  # noqa: E402  (tests/ is on sys.path under pytest)
     tiny_inputs,
 )
 
-from helpers.core import models as M  # noqa: E402
+from helpers.core import families, models, prompts  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -40,31 +41,31 @@ def tiny():
 @pytest.mark.parametrize("family", FAMILIES)
 def test_gate_modules_paths_and_classes(tiny, family):
     model = tiny[family]
-    gates = M.gate_modules(model)
+    gates = models.gate_modules(model)
     assert len(gates) == model.config.get_text_config().num_hidden_layers == 2
     expected_paths = [f"model.language_model.layers.{i}.mlp.act_fn" for i in range(2)]
-    assert M.gate_paths(model) == expected_paths
+    assert models.gate_paths(model) == expected_paths
     for i, g in enumerate(gates):
         assert g is model.get_submodule(expected_paths[i])
         assert type(g).__name__ == "SiLUActivation"
-    assert M.gate_shape(model) == (2, 64)
-    assert M.find_language_model(model) is model.model.language_model
-    assert M.decoder_layers(model) is model.model.language_model.layers
+    assert models.gate_shape(model) == (2, 64)
+    assert models.find_language_model(model) is model.model.language_model
+    assert models.decoder_layers(model) is model.model.language_model.layers
 
 
 def test_omni_thinker_ignores_vision_mlps(tiny):
     thinker = tiny["qwen2.5-omni"]
     all_act = [n for n, _ in thinker.named_modules() if n.endswith("mlp.act_fn")]
     assert any(n.startswith("model.visual") for n in all_act)  # the trap exists ...
-    assert not any(p.startswith("model.visual") for p in M.gate_paths(thinker))  # ... and is avoided
+    assert not any(p.startswith("model.visual") for p in models.gate_paths(thinker))  # ... and is avoided
 
 
 def test_full_omni_uses_thinker():
     full = build_qwen25_omni_full()
-    assert M.forward_model(full) is full.thinker
-    assert M.gate_paths(full) == [f"thinker.model.language_model.layers.{i}.mlp.act_fn" for i in range(2)]
-    assert M.gate_modules(full)[1] is full.thinker.model.language_model.layers[1].mlp.act_fn
-    assert M.get_adapter(full).name == "qwen2.5-omni"
+    assert models.forward_model(full) is full.thinker
+    assert models.gate_paths(full) == [f"thinker.model.language_model.layers.{i}.mlp.act_fn" for i in range(2)]
+    assert models.gate_modules(full)[1] is full.thinker.model.language_model.layers[1].mlp.act_fn
+    assert families.get_adapter(full).name == "qwen2.5-omni"
 
 
 def test_fake_thinker_wrapper(tiny):
@@ -74,20 +75,20 @@ def test_fake_thinker_wrapper(tiny):
             self.thinker = thinker
 
     thinker = tiny["qwen2.5-omni"]
-    assert M.gate_modules(Wrapper(thinker)) == M.gate_modules(thinker)
+    assert models.gate_modules(Wrapper(thinker)) == models.gate_modules(thinker)
 
 
 def test_nnsight_wrapper_is_unwrapped(tiny):
     import nnsight
 
     model = tiny["qwen2-audio"]
-    assert M.gate_modules(nnsight.NNsight(model)) == M.gate_modules(model)
+    assert models.gate_modules(nnsight.NNsight(model)) == models.gate_modules(model)
 
 
 def test_generic_structure_search_plain_lm():
     lm = build_tiny_text_lm()
-    assert M.gate_paths(lm) == ["model.layers.0.mlp.act_fn", "model.layers.1.mlp.act_fn"]
-    assert M.get_adapter(lm).name == "generic"
+    assert models.gate_paths(lm) == ["model.layers.0.mlp.act_fn", "model.layers.1.mlp.act_fn"]
+    assert families.get_adapter(lm).name == "generic"
 
 
 class _SwiGLU(nn.Module):
@@ -116,39 +117,39 @@ def _stack(mlps, extra=None):
 
 def test_kimi_like_picks_layers_not_mimo_layers():
     model = _stack([_SwiGLU() for _ in range(3)], extra=[_SwiGLU() for _ in range(4)])
-    assert M.gate_paths(model) == [f"model.layers.{i}.mlp.act_fn" for i in range(3)]
-    assert M.gate_shape(model) == (3, 6)
+    assert models.gate_paths(model) == [f"model.layers.{i}.mlp.act_fn" for i in range(3)]
+    assert models.gate_shape(model) == (3, 6)
 
 
 def test_moe_is_rejected():
-    with pytest.raises(M.UnsupportedModelError, match="mixture-of-experts.*dense SwiGLU"):
-        M.gate_modules(build_tiny_moe())
+    with pytest.raises(models.UnsupportedModelError, match="mixture-of-experts.*dense SwiGLU"):
+        models.gate_modules(build_tiny_moe())
 
 
 def test_fused_gate_up_is_rejected():
     mlp = nn.Module()
     mlp.gate_up_proj, mlp.down_proj, mlp.activation_fn = nn.Linear(4, 12), nn.Linear(6, 4), nn.SiLU()
-    with pytest.raises(M.UnsupportedModelError, match="fused `gate_up_proj`.*unsupported"):
-        M.gate_modules(_stack([mlp]))
+    with pytest.raises(models.UnsupportedModelError, match="fused `gate_up_proj`.*unsupported"):
+        models.gate_modules(_stack([mlp]))
 
 
 def test_functional_act_and_missing_parts_are_rejected():
     mlp = _SwiGLU()
     del mlp.act_fn
     mlp.act_fn = torch.nn.functional.silu
-    with pytest.raises(M.UnsupportedModelError, match="no `act_fn` submodule"):
-        M.gate_modules(_stack([mlp]))
+    with pytest.raises(models.UnsupportedModelError, match="no `act_fn` submodule"):
+        models.gate_modules(_stack([mlp]))
     mlp2 = _SwiGLU()
     del mlp2.up_proj
-    with pytest.raises(M.UnsupportedModelError, match="up_proj"):
-        M.gate_modules(_stack([mlp2]))
-    with pytest.raises(M.UnsupportedModelError, match="no decoder layer list"):
-        M.gate_modules(nn.Sequential(nn.Linear(2, 2)))
+    with pytest.raises(models.UnsupportedModelError, match="up_proj"):
+        models.gate_modules(_stack([mlp2]))
+    with pytest.raises(models.UnsupportedModelError, match="no decoder layer list"):
+        models.gate_modules(nn.Sequential(nn.Linear(2, 2)))
 
 
 def test_check_swiglu_passes_on_real_mlp(tiny):
     model = tiny["audio-flamingo-3"]
-    M.check_swiglu(model, tiny_inputs("audio-flamingo-3", model), layer=1)
+    models.check_swiglu(model, tiny_inputs("audio-flamingo-3", model), layer=1)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -157,32 +158,32 @@ def test_check_swiglu_passes_on_real_mlp(tiny):
 
 
 def test_adapter_registry_by_name_id_and_model(tiny):
-    assert set(FAMILIES) | {"kimi-audio", "generic"} <= set(M.ADAPTERS)
-    assert isinstance(M.get_adapter("qwen2-audio"), M.Qwen2AudioAdapter)
-    assert isinstance(M.get_adapter("Qwen/Qwen2.5-Omni-7B"), M.Qwen25OmniAdapter)
-    assert isinstance(M.get_adapter("nvidia/audio-flamingo-3-hf"), M.AudioFlamingo3Adapter)
-    assert isinstance(M.get_adapter("mistralai/Voxtral-Mini-3B-2507"), M.VoxtralAdapter)
-    assert M.get_adapter("moonshotai/Kimi-Audio-7B-Instruct").requires_remote_code
+    assert set(FAMILIES) | {"kimi-audio", "generic"} <= set(families.ADAPTERS)
+    assert isinstance(families.get_adapter("qwen2-audio"), families.Qwen2AudioAdapter)
+    assert isinstance(families.get_adapter("Qwen/Qwen2.5-Omni-7B"), families.Qwen25OmniAdapter)
+    assert isinstance(families.get_adapter("nvidia/audio-flamingo-3-hf"), families.AudioFlamingo3Adapter)
+    assert isinstance(families.get_adapter("mistralai/Voxtral-Mini-3B-2507"), families.VoxtralAdapter)
+    assert families.get_adapter("moonshotai/Kimi-Audio-7B-Instruct").requires_remote_code
     for fam in FAMILIES:
-        assert M.get_adapter(tiny[fam]).name == fam
+        assert families.get_adapter(tiny[fam]).name == fam
 
 
 def test_unknown_adapter_lists_known_names():
-    with pytest.raises(M.UnknownAdapterError) as err:
-        M.get_adapter("no-such-family")
+    with pytest.raises(families.UnknownAdapterError) as err:
+        families.get_adapter("no-such-family")
     for name in ("qwen2-audio", "qwen2.5-omni", "audio-flamingo-3", "voxtral", "kimi-audio", "generic"):
         assert name in str(err.value)
 
 
 def test_register_adapter():
-    adapter = M.GenericAdapter(name="organism-test", model_classes=("_Nothing",))
+    adapter = families.GenericAdapter(name="organism-test", model_classes=("_Nothing",))
     try:
-        assert M.register_adapter("organism-test", adapter) is adapter
-        assert M.get_adapter("organism-test") is adapter
+        assert families.register_adapter("organism-test", adapter) is adapter
+        assert families.get_adapter("organism-test") is adapter
         with pytest.raises(ValueError, match="already registered"):
-            M.register_adapter("organism-test", adapter, overwrite=False)
+            families.register_adapter("organism-test", adapter, overwrite=False)
     finally:
-        M.ADAPTERS.pop("organism-test", None)
+        families.ADAPTERS.pop("organism-test", None)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -192,18 +193,18 @@ def test_register_adapter():
 
 def test_missing_local_path_fails_fast(tmp_path):
     t0 = time.perf_counter()
-    with pytest.raises(M.ModelNotAvailableError, match="does not exist"):
-        M.get_adapter("qwen2-audio").load(tmp_path / "nope" / "Qwen2-Audio-7B-Instruct")
-    with pytest.raises(M.ModelNotAvailableError, match="does not exist"):
-        M.get_adapter("voxtral").load_processor("./models/not-here/voxtral")
+    with pytest.raises(families.ModelNotAvailableError, match="does not exist"):
+        families.get_adapter("qwen2-audio").load(tmp_path / "nope" / "Qwen2-Audio-7B-Instruct")
+    with pytest.raises(families.ModelNotAvailableError, match="does not exist"):
+        families.get_adapter("voxtral").load_processor("./models/not-here/voxtral")
     assert time.perf_counter() - t0 < 2.0
 
 
 def test_uncached_hub_id_fails_fast_offline(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     t0 = time.perf_counter()
-    with pytest.raises(M.ModelNotAvailableError) as err:
-        M.get_adapter("qwen2-audio").load("esn-test-org/definitely-not-cached-qwen2-audio")
+    with pytest.raises(families.ModelNotAvailableError) as err:
+        families.get_adapter("qwen2-audio").load("esn-test-org/definitely-not-cached-qwen2-audio")
     assert time.perf_counter() - t0 < 2.0
     msg = str(err.value)
     assert "not in the local Hugging Face cache" in msg and "hf download" in msg and "allow_hub=True" in msg
@@ -211,17 +212,17 @@ def test_uncached_hub_id_fails_fast_offline(monkeypatch, tmp_path):
 
 def test_remote_code_needs_opt_in(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "x", "auto_map": {"AutoModel": "m.M"}}))
-    with pytest.raises(M.RemoteCodeNotAllowedError, match="trust_remote_code=True"):
-        M.get_adapter("generic").load(tmp_path)
+    with pytest.raises(families.RemoteCodeNotAllowedError, match="trust_remote_code=True"):
+        families.get_adapter("generic").load(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
-    with pytest.raises(M.RemoteCodeNotAllowedError, match="trust_remote_code=True"):
-        M.get_adapter("kimi-audio").load(tmp_path)
+    with pytest.raises(families.RemoteCodeNotAllowedError, match="trust_remote_code=True"):
+        families.get_adapter("kimi-audio").load(tmp_path)
 
 
 def test_load_roundtrip_from_local_folder(tiny, tmp_path):
     model = tiny["qwen2-audio"]
     model.save_pretrained(tmp_path)
-    loaded = M.get_adapter("qwen2-audio").load(tmp_path, dtype=torch.float32, device="cpu")
+    loaded = families.get_adapter("qwen2-audio").load(tmp_path, dtype=torch.float32, device="cpu")
     assert type(loaded) is type(model) and not loaded.training
     inputs = tiny_inputs("qwen2-audio", model)
     with torch.no_grad():
@@ -234,40 +235,40 @@ def test_load_roundtrip_from_local_folder(tiny, tmp_path):
 
 
 def test_chat_prompts_carry_audio_placeholder():
-    q = M.get_adapter("qwen2-audio").prompt_text("What emotion?")
+    q = families.get_adapter("qwen2-audio").prompt_text("What emotion?")
     assert q == (
         "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
         "Audio 1: <|audio_bos|><|AUDIO|><|audio_eos|>\nWhat emotion?<|im_end|>\n<|im_start|>assistant\n"
     )
-    omni = M.get_adapter("qwen2.5-omni").prompt_text("Q")
+    omni = families.get_adapter("qwen2.5-omni").prompt_text("Q")
     assert "<|audio_bos|><|AUDIO|><|audio_eos|>Q<|im_end|>" in omni and "virtual human" in omni
-    assert "<sound>Q<|im_end|>" in M.get_adapter("audio-flamingo-3").prompt_text("Q")
-    assert M.get_adapter("voxtral").prompt_text("Q") == "<s>[INST][BEGIN_AUDIO][AUDIO]Q[/INST]"
+    assert "<sound>Q<|im_end|>" in families.get_adapter("audio-flamingo-3").prompt_text("Q")
+    assert families.get_adapter("voxtral").prompt_text("Q") == "<s>[INST][BEGIN_AUDIO][AUDIO]Q[/INST]"
 
 
 def test_conversation_form():
-    conv = M.get_adapter("qwen2-audio").conversation("Q", {"path": "a.wav"})
+    conv = families.get_adapter("qwen2-audio").conversation("Q", {"path": "a.wav"})
     assert conv[0]["role"] == "system"
     assert conv[1]["content"] == [{"type": "audio", "path": "a.wav"}, {"type": "text", "text": "Q"}]
 
 
 def test_multiple_choice_shuffle_is_seeded_per_item():
     opts = ["angry", "happy", "neutral", "sad"]
-    a = M.multiple_choice_prompt("Which emotion?", opts, seed=3, item_id="clip7")
-    b = M.multiple_choice_prompt("Which emotion?", opts, seed=3, item_id="clip7")
+    a = prompts.multiple_choice_prompt("Which emotion?", opts, seed=3, item_id="clip7")
+    b = prompts.multiple_choice_prompt("Which emotion?", opts, seed=3, item_id="clip7")
     assert a == b and sorted(a.options) == opts and a.letters == ("A", "B", "C", "D")
-    orders = {M.multiple_choice_prompt("Q", opts, seed=3, item_id=i).options for i in range(20)}
+    orders = {prompts.multiple_choice_prompt("Q", opts, seed=3, item_id=i).options for i in range(20)}
     assert len(orders) > 1
-    assert M.multiple_choice_prompt("Q", opts, seed=4, item_id="clip7").options != a.options or len(orders) > 1
+    assert prompts.multiple_choice_prompt("Q", opts, seed=4, item_id="clip7").options != a.options or len(orders) > 1
     for opt in opts:
         assert a.option_of(a.letter_of(opt)) == opt
         assert f"{a.letter_of(opt)}. {opt}" in a.text
-    fixed = M.multiple_choice_prompt("Q", opts, shuffle=False)
+    fixed = prompts.multiple_choice_prompt("Q", opts, shuffle=False)
     assert fixed.options == tuple(opts) and fixed.text.splitlines()[1] == "A. angry"
 
 
 def test_label_prompt():
-    text = M.label_word_prompt("How does the speaker feel?", ["angry", "sad"])
+    text = prompts.label_word_prompt("How does the speaker feel?", ["angry", "sad"])
     assert text == "How does the speaker feel? Answer with one word from: angry, sad."
 
 
@@ -275,14 +276,14 @@ def test_score_is_log_softmax_gather():
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(3, 50, generator=g)
     cand = torch.tensor([4, 9, 17])
-    out = M.score(logits, cand)
+    out = prompts.score(logits, cand)
     torch.testing.assert_close(out, torch.log_softmax(logits, -1)[:, cand])
     per_row = torch.tensor([[1, 2], [3, 4], [5, 6]])
-    torch.testing.assert_close(M.score(logits, per_row), torch.log_softmax(logits, -1).gather(-1, per_row))
+    torch.testing.assert_close(prompts.score(logits, per_row), torch.log_softmax(logits, -1).gather(-1, per_row))
     with pytest.raises(ValueError, match=r"\[B, V\]"):
-        M.score(logits[None], cand)
+        prompts.score(logits[None], cand)
     with pytest.raises(ValueError, match="vocabulary"):
-        M.score(logits, torch.tensor([50]))
+        prompts.score(logits, torch.tensor([50]))
 
 
 def test_candidate_token_ids_with_fake_tokenizer():
@@ -292,9 +293,9 @@ def test_candidate_token_ids_with_fake_tokenizer():
         def encode(self, text, add_special_tokens=False):
             return list(self.vocab[text])
 
-    assert M.candidate_token_ids(Tok(), ["angry", "happy"]).tolist() == [5, 6]
+    assert prompts.candidate_token_ids(Tok(), ["angry", "happy"]).tolist() == [5, 6]
     with pytest.raises(ValueError, match="share a first token"):
-        M.candidate_token_ids(Tok(), ["happy", "hap"])
+        prompts.candidate_token_ids(Tok(), ["happy", "hap"])
 
 
 def test_prepare_inputs_calls_processor_with_placeholder_prompts():
@@ -307,10 +308,10 @@ def test_prepare_inputs_calls_processor_with_placeholder_prompts():
 
     import numpy as np
 
-    M.get_adapter("qwen2-audio").prepare_inputs(Proc(), [np.zeros(160)], ["Q"])
+    families.get_adapter("qwen2-audio").prepare_inputs(Proc(), [np.zeros(160)], ["Q"])
     assert calls["text"][0].count("<|AUDIO|>") == 1 and calls["audio"][0].shape == (160,)
     with pytest.raises(NotImplementedError, match="own"):
-        M.get_adapter("kimi-audio").prepare_inputs(Proc(), [np.zeros(4)], ["Q"])
+        families.get_adapter("kimi-audio").prepare_inputs(Proc(), [np.zeros(4)], ["Q"])
 
 
 @pytest.mark.parametrize("family", FAMILIES)

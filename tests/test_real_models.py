@@ -35,16 +35,16 @@ from tiny_models import (  # noqa: E402
     tiny_inputs,
 )
 
-from helpers.core.hooks import run_with_gate_edits  # noqa: E402
-from helpers.core.io import ConfigError  # noqa: E402
-from helpers.core.models import (  # noqa: E402
+from helpers.core.families import (
     ADAPTERS,
     ModelNotAvailableError,
     RemoteCodeNotAllowedError,
     UnknownAdapterError,
-    gate_modules,
     get_adapter,
 )
+from helpers.core.hooks import run_with_gate_edits  # noqa: E402
+from helpers.core.io import ConfigError  # noqa: E402
+from helpers.core.models import gate_modules
 from helpers.core.subject import Subject  # noqa: E402
 from helpers.data.catalog import DATASETS  # noqa: E402
 from helpers.identify.selectors import select, to_mask  # noqa: E402

@@ -124,7 +124,7 @@ def _known_model(value: str) -> str:
 
 
 def _known_models() -> list[str]:
-    from ..core.models import ADAPTERS  # imports torch: only for configs of real models
+    from ..core.families import ADAPTERS  # imports torch: only for configs of real models
 
     return sorted({"organism", *ADAPTERS})
 
@@ -181,7 +181,7 @@ class Config(BaseModel):
     run_dir: StrictStr = _key("the run folder itself; give it with -p run_dir <folder>, not in a config file",
                               "-p run_dir /tmp/my-run")
     # --- the subject (helpers.subjects.adapters.load_subject)
-    model: ModelName = _key("adapter family (helpers.core.models.ADAPTERS) or 'organism'", "model: qwen2-audio",
+    model: ModelName = _key("adapter family (helpers.core.families.ADAPTERS) or 'organism'", "model: qwen2-audio",
                             lineage="equal")
     model_path: NonEmpty = _key("local checkpoint folder or hub id", "model_path: models/organism", lineage="equal")
     trust_remote_code: StrictBool = _key("run Python code shipped with the checkpoint (only `true` opts in)",
@@ -622,7 +622,7 @@ def _cross_checks(merged: Mapping[str, Any], origin: Mapping[str, str], info: St
     if "model_path" in merged and "model" not in merged and "model" in info.reads:
         guess = ""
         try:
-            from ..core.models import get_adapter
+            from ..core.families import get_adapter
 
             guess = get_adapter(str(merged["model_path"])).name
         except Exception:  # noqa: BLE001 - no family recognisable from the path

@@ -371,7 +371,7 @@ def preflight(info: cfg.StageInfo, effective: Mapping[str, Any]) -> None:
     reads = info.reads
     if not ({"model_path", "datasets"} & reads):
         return
-    from ..core.models import ModelNotAvailableError, RemoteCodeNotAllowedError, UnknownAdapterError
+    from ..core.families import ModelNotAvailableError, RemoteCodeNotAllowedError, UnknownAdapterError
     from ..data.loading import DatasetNotAvailable
     from ..data.schema import SchemaError
     from ..subjects.adapters import check_datasets, check_model_source

@@ -2,7 +2,7 @@
 
 Every stage talks to "the subject" only through ``batch_inputs``, ``label_logits`` and ``position_masks``. The
 organism implements them for its own word-level prompt; :class:`AdapterSubject` implements them for any family
-in :data:`helpers.core.models.ADAPTERS` (Qwen2-Audio, Qwen2.5-Omni, Audio Flamingo 3, Voxtral, ...) with the family's
+in :data:`helpers.core.families.ADAPTERS` (Qwen2-Audio, Qwen2.5-Omni, Audio Flamingo 3, Voxtral, ...) with the family's
 chat template and processor. :func:`load_subject` and :func:`load_items` turn a papermill parameter file
 (``configs/*.yml``) into the subject and its items, failing in seconds, not minutes, when weights or data are
 missing.
@@ -13,7 +13,7 @@ Design points, each a reason rather than a convenience:
   by ``(seed, item id)``, so the letter position cannot carry the emotion. The subject remembers the batch's
   letter→label mapping and :meth:`AdapterSubject.label_logits` returns scores in *label* order, i.e. un-shuffled.
 * **Constrained scoring**: the answer is the arg-max over the candidates' first tokens of the log-softmax over the
-  whole vocabulary at the last attended position (:func:`helpers.core.models.score`); no free-text parsing.
+  whole vocabulary at the last attended position (:func:`helpers.core.prompts.score`); no free-text parsing.
 * **Left padding**: processors are set to pad on the left, so position ``-1`` is every row's last prompt token;
   masks still use the attention mask, so right padding would not silently miscount.
 * The prompt/scoring/mask logic lives in pure functions (:func:`item_prompt`, :func:`candidate_matrix`,
@@ -35,20 +35,10 @@ import torch
 from torch import nn
 
 from ..book.config import SUBJECT_KEYS as _CONFIG_SUBJECT_KEYS
+from ..core.families import ADAPTERS, Adapter, RemoteCodeNotAllowedError, UnknownAdapterError, resolve_source
 from ..core.io import ConfigError
-from ..core.models import (
-    ADAPTERS,
-    LETTERS,
-    Adapter,
-    RemoteCodeNotAllowedError,
-    UnknownAdapterError,
-    candidate_token_ids,
-    forward_model,
-    label_word_prompt,
-    multiple_choice_prompt,
-    resolve_source,
-    score,
-)
+from ..core.models import forward_model
+from ..core.prompts import LETTERS, candidate_token_ids, label_word_prompt, multiple_choice_prompt, score
 from ..core.subject import Batch, last_position_logits
 
 logger = logging.getLogger(__name__)

@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from ..core.io import atomic_write_text
-from ..core.models import shuffled_options
+from ..core.prompts import shuffled_options
 from ..core.subject import Batch, candidate_logits
 from ..data.corpus import CONTEXT_PHRASES, EMOTIONS, SAMPLE_RATE
 
