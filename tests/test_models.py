@@ -1,6 +1,5 @@
 """helpers.core.models, families, prompts: gate discovery on the real (tiny) architectures, adapters, loading failures,
-prompts,
-scoring."""
+prompts, scoring."""
 
 from __future__ import annotations
 

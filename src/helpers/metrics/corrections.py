@@ -8,6 +8,11 @@ from typing import Any
 
 from .effects import _outcome_arrays, flip_eligible, flip_rate_to_target, uar
 
+# --------------------------------------------------------------------------------------------------- outcomes
+# One function per outcome, so targeted, oracle and label-free steering are scored by the same code and every
+# outcome has its own key: a rate over baseline errors (corrections) is never mixed with a rate over the items
+# eligible to flip toward a target (flip rate).
+
 
 def corrections(y_true: Any, y_base: Any, y_int: Any) -> float:
     """Share of the baseline's errors that the intervention fixes: ``#(ŷ_base ≠ y and ŷ_int = y) / #(ŷ_base ≠ y)``.
