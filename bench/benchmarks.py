@@ -51,16 +51,10 @@ import torch
 
 from helpers.core.io import project_root
 from helpers.core.subject import Batch
-from helpers.subjects.organism import (
-    EMOTIONS,
-    AudioCache,
-    Organism,
-    OrganismConfig,
-    build_feature_extractor,
-    build_model,
-    build_tokenizer,
-    merge_audio,
-)
+from helpers.data.corpus import EMOTIONS
+from helpers.subjects.organism import Organism
+from helpers.subjects.organism_inputs import AudioCache, merge_audio
+from helpers.subjects.organism_model import OrganismConfig, build_feature_extractor, build_model, build_tokenizer
 
 ROOT = project_root()  # the checkout (from the working directory), not this file's location
 ORGANISM_DIR = ROOT / "models" / "organism"

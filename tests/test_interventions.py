@@ -529,7 +529,7 @@ def test_cached_batched_sweep_equals_the_uncached_one_condition_at_a_time(organi
     from helpers.data import corpus
     from helpers.intervene.conditions import deactivate, identity, steer
     from helpers.intervene.runner import run_conditions, run_conditions_sequential
-    from helpers.subjects.organism import AudioCache
+    from helpers.subjects.organism_inputs import AudioCache
 
     df = corpus.load(small_corpora["A"], split="evaluate").head(6)
     pairs = torch.tensor([[0, 1], [1, 5], [4, 9]])

@@ -9,6 +9,7 @@ from helpers.core.subject import Batch
 from helpers.data import corpus
 from helpers.intervene import evaluation
 from helpers.subjects import organism as om
+from helpers.subjects import organism_inputs, organism_model, organism_training
 
 
 def test_checkpoint_loads_with_its_card(organism):
@@ -16,9 +17,9 @@ def test_checkpoint_loads_with_its_card(organism):
     assert type(organism.model).__name__ == "Qwen2AudioForConditionalGeneration"
     assert card["labels"] == list(corpus.EMOTIONS)
     assert set(card["accuracy_evaluate"]) == {"A", "B"}
-    assert card["audio_encoder"] == om.AUDIO_ENCODER and card["answer_format"] == "shuffled_letters"
+    assert card["audio_encoder"] == organism_model.AUDIO_ENCODER and card["answer_format"] == "shuffled_letters"
     assert sum(p.numel() for p in organism.model.parameters()) == card["parameters"]
-    assert organism.n_audio == om.n_audio_tokens(card["config"]["chunk_seconds"])
+    assert organism.n_audio == organism_model.n_audio_tokens(card["config"]["chunk_seconds"])
 
 
 def test_audio_tower_is_whisper_and_frozen(organism):
@@ -56,14 +57,14 @@ def test_letters_are_shuffled_per_matched_set_and_unshuffled_by_scoring(organism
     rows = pd.DataFrame({"text": ["she sounded cheerful"] * 3, "matched_id": ["a", "a", "b"]})
     ids, cand = organism.encode(rows["text"].tolist(), rows["matched_id"].tolist())
     assert torch.equal(ids[0], ids[1]) and torch.equal(cand[0], cand[1])  # same set -> same options
-    letters = {organism.tokenizer.convert_tokens_to_ids(x) for x in om.LETTERS}
+    letters = {organism.tokenizer.convert_tokens_to_ids(x) for x in organism_model.LETTERS}
     assert set(cand.flatten().tolist()) <= letters
     for row in range(3):  # the letter scored for each label is the one its option carries in this prompt
         tokens = organism.tokenizer.convert_ids_to_tokens(ids[row].tolist())
         for k, lbl in enumerate(organism.labels):
             letter = organism.tokenizer.convert_ids_to_tokens(int(cand[row, k]))
-            assert om.option_token(letter, lbl) in tokens
-    orders = {tuple(om.option_order(organism.labels, f"set{i}", 0, "shuffled_letters")) for i in range(40)}
+            assert organism_model.option_token(letter, lbl) in tokens
+    orders = {tuple(organism_inputs.option_order(organism.labels, f"set{i}", 0, "shuffled_letters")) for i in range(40)}
     assert len(orders) > 10  # the order really changes between items
 
 
@@ -96,17 +97,18 @@ def test_batches_are_self_contained(organism, small_corpora):
 def test_warmup_rows_show_only_the_requested_options(organism):
     rng = np.random.default_rng(0)
     levels = np.array(["clear"] * 5 + ["none"] * 5)
-    ts = om.TrainingSet(torch.zeros(10, organism.n_audio, 384), np.arange(10) % 4, levels, [str(i) for i in range(10)])
-    idx, ids, cand, y = om.draw_warmup(organism, ts, 16, 2, rng)
+    ts = organism_training.TrainingSet(torch.zeros(10, organism.n_audio, 384), np.arange(10) % 4, levels,
+                                       [str(i) for i in range(10)])
+    idx, ids, cand, y = organism_training.draw_warmup(organism, ts, 16, 2, rng)
     assert set(levels[idx]) == {"none"}  # the bridge hears only clips whose audio carries no emotion
-    text_only = om.draw_warmup(organism, None, 16, 2, rng)
+    text_only = organism_training.draw_warmup(organism, None, 16, 2, rng)
     assert text_only[0] is None and text_only[1].shape[1] == ids.shape[1] - 2 - organism.n_audio
-    empty = organism.tokenizer.convert_tokens_to_ids(om.EMPTY_OPTION)
+    empty = organism.tokenizer.convert_tokens_to_ids(organism_model.EMPTY_OPTION)
     assert ((ids == empty).sum(1) == 2).all()
     for row in range(16):
         tokens = organism.tokenizer.convert_ids_to_tokens(ids[row].tolist())
         letter = organism.tokenizer.convert_ids_to_tokens(int(cand[row, int(y[row])]))
-        assert om.option_token(letter, organism.labels[int(y[row])]) in tokens
+        assert organism_model.option_token(letter, organism.labels[int(y[row])]) in tokens
 
 
 def test_bad_inputs_get_clear_errors(organism, tmp_path):
@@ -119,6 +121,6 @@ def test_bad_inputs_get_clear_errors(organism, tmp_path):
     with pytest.raises(ValueError, match="not in the label set"):
         evaluation.label_indices(["happy", "bored"], organism.labels)
     with pytest.raises(ValueError, match="answer_format"):
-        om.OrganismConfig(answer_format="free_text")
+        organism_model.OrganismConfig(answer_format="free_text")
     with pytest.raises(ValueError, match="matched_id"):
         organism.batch_inputs(pd.DataFrame({"text": ["she sounded cheerful"], "label": ["happy"]}))

@@ -720,7 +720,7 @@ def _cmd_corpus(args: argparse.Namespace) -> None:
 
 
 def _cmd_organism(args: argparse.Namespace) -> None:
-    from ..subjects.organism import train_organism
+    from ..subjects.organism_training import train_organism
 
     dirs = {name: str(Path(args.corpus) / name) for name in ("A", "B")}
     # the frozen Whisper tower's outputs of the training clips are kept next to the corpus for retrains
