@@ -237,7 +237,7 @@ def _fake_checkpoint(folder: Path, marker: Path) -> Path:
 @pytest.mark.parametrize("value", ["false", "true", "False", 0, 1, None])
 def test_remote_code_runs_only_on_an_explicit_boolean_true(tmp_path, value):
     from helpers.core.families import RemoteCodeNotAllowedError
-    from helpers.subjects import adapters as subjects
+    from helpers.subjects import subject_loading
 
     marker = tmp_path / "marker"
     ckpt = _fake_checkpoint(tmp_path / "ckpt", marker)
@@ -245,13 +245,13 @@ def test_remote_code_runs_only_on_an_explicit_boolean_true(tmp_path, value):
               "dtype": "float32", "trust_remote_code": value}
     if value is None:
         with pytest.raises(RemoteCodeNotAllowedError, match=r"config\.json \(auto_map\).*trust_remote_code: true"):
-            subjects.load_subject(params)
+            subject_loading.load_subject(params)
     else:
         with pytest.raises(ConfigError, match=r"`trust_remote_code` must be true or false, written without quotes"):
-            subjects.load_subject(params)
+            subject_loading.load_subject(params)
     assert not marker.exists()
     with pytest.raises(RemoteCodeNotAllowedError, match=r"evil\.py.*set `trust_remote_code: true`"):
-        subjects.load_subject({**params, "trust_remote_code": False})
+        subject_loading.load_subject({**params, "trust_remote_code": False})
     assert not marker.exists()
 
 
@@ -473,14 +473,14 @@ def test_allowed_values_match_the_code():
     from helpers.data import schema
     from helpers.identify import selectors
     from helpers.log import activation_log
-    from helpers.subjects import adapters as subjects
+    from helpers.subjects import item_prompts, subject_loading
 
     assert C.POSITION_KINDS == activation_log.POSITION_KINDS
     assert C.SELECTOR_METHODS == selectors.METHODS
-    assert C.PROMPT_STYLES == subjects.PROMPT_STYLES
+    assert C.PROMPT_STYLES == item_prompts.PROMPT_STYLES
     assert C.SPLITS == schema.SPLITS
-    assert set(C.DTYPES) == {"auto", *subjects._DTYPES}
-    assert subjects.SUBJECT_KEYS == C.SUBJECT_KEYS
+    assert set(C.DTYPES) == {"auto", *subject_loading._DTYPES}
+    assert subject_loading.SUBJECT_KEYS == C.SUBJECT_KEYS
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -554,18 +554,18 @@ def _tiny_subject():
     from tiny_models import AUDIO_BOS_ID, AUDIO_EOS_ID, PAD_ID, build_tiny, tiny_inputs
 
     from helpers.core.families import get_adapter
-    from helpers.subjects import adapters as S
+    from helpers.subjects import adapters, item_prompts
 
     labels = ("neutral", "happy", "angry", "sad")
     model = build_tiny("qwen2-audio")
 
     def inputs_fn(rows):
         inputs = tiny_inputs("qwen2-audio", model, batch=len(rows), seed=0, ragged=True)
-        prompts = [S.item_prompt(labels, seed=0, item_id=i) for i in rows["clip_id"]]
-        return inputs, S.candidate_matrix(prompts, {"A": 40, "B": 41, "C": 42, "D": 43})
+        prompts = [item_prompts.item_prompt(labels, seed=0, item_id=i) for i in rows["clip_id"]]
+        return inputs, item_prompts.candidate_matrix(prompts, {"A": 40, "B": 41, "C": 42, "D": 43})
 
-    return S.AdapterSubject(model=model, labels=labels, adapter=get_adapter("qwen2-audio"), inputs_fn=inputs_fn,
-                            special_ids=(PAD_ID, AUDIO_BOS_ID, AUDIO_EOS_ID), pad_token_id=PAD_ID)
+    return adapters.AdapterSubject(model=model, labels=labels, adapter=get_adapter("qwen2-audio"), inputs_fn=inputs_fn,
+                                   special_ids=(PAD_ID, AUDIO_BOS_ID, AUDIO_EOS_ID), pad_token_id=PAD_ID)
 
 
 @pytest.mark.usefixtures("one_thread")

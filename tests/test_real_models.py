@@ -1,5 +1,5 @@
-"""helpers.subjects.adapters: real-model subjects, their config loaders and the shipped configs, on tiny real
-architectures.
+"""helpers.subjects (adapters, subject_loading, run_items, item_prompts, positions): real-model subjects, their
+config loaders and the shipped configs, on tiny real architectures.
 
 No weights, processors or datasets can be downloaded here, so the processor call is injected (``inputs_fn``) and
 the whole Log -> Identify -> Intervene path runs on tiny random instances of the genuine transformers classes.
@@ -49,7 +49,7 @@ from helpers.core.subject import Subject  # noqa: E402
 from helpers.data.catalog import DATASETS  # noqa: E402
 from helpers.identify.selectors import select, to_mask  # noqa: E402
 from helpers.log.activation_log import log_activations  # noqa: E402
-from helpers.subjects import adapters as S  # noqa: E402
+from helpers.subjects import adapters, item_prompts, positions, run_items, subject_loading  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = ("neutral", "happy", "angry", "sad")
@@ -82,14 +82,15 @@ def make_inputs_fn(family: str, model: torch.nn.Module):
     def inputs_fn(rows: pd.DataFrame):
         seed = int(rows["clip_id"].iloc[0].split("_")[1])
         inputs = tiny_inputs(family, model, batch=len(rows), seed=seed, ragged=family != "voxtral")
-        prompts = [S.item_prompt(LABELS, style="multiple_choice", seed=0, item_id=i) for i in rows["clip_id"]]
-        return inputs, S.candidate_matrix(prompts, LETTER_IDS)
+        prompts = [item_prompts.item_prompt(LABELS, style="multiple_choice", seed=0,
+                                            item_id=i) for i in rows["clip_id"]]
+        return inputs, item_prompts.candidate_matrix(prompts, LETTER_IDS)
 
     return inputs_fn
 
 
-def tiny_subject(family: str, model: torch.nn.Module) -> S.AdapterSubject:
-    return S.AdapterSubject(
+def tiny_subject(family: str, model: torch.nn.Module) -> adapters.AdapterSubject:
+    return adapters.AdapterSubject(
         model=model, labels=LABELS, adapter=get_adapter(family), inputs_fn=make_inputs_fn(family, model),
         special_ids=(PAD_ID, AUDIO_BOS_ID, AUDIO_EOS_ID), pad_token_id=PAD_ID,
     )  # fmt: skip
@@ -165,30 +166,31 @@ def test_full_omni_model_is_traced_through_its_thinker():
 
 def test_item_prompt_answers_match_the_lettered_options():
     for item_id in ("a", "b", "c", 7):
-        p = S.item_prompt(LABELS, style="multiple_choice", seed=3, item_id=item_id, question="Q?")
+        p = item_prompts.item_prompt(LABELS, style="multiple_choice", seed=3, item_id=item_id, question="Q?")
         assert sorted(p.answers) == ["A", "B", "C", "D"]
         for lbl, letter in zip(LABELS, p.answers, strict=True):
             assert f"{letter}. {lbl}" in p.text
-    orders = {S.item_prompt(LABELS, seed=3, item_id=i).answers for i in range(20)}
+    orders = {item_prompts.item_prompt(LABELS, seed=3, item_id=i).answers for i in range(20)}
     assert len(orders) > 1, "letters must be shuffled per item"
-    words = S.item_prompt(LABELS, style="label_words", question="Q?")
+    words = item_prompts.item_prompt(LABELS, style="label_words", question="Q?")
     assert words.answers == LABELS and "neutral, happy, angry, sad" in words.text
-    ctx = S.item_prompt(LABELS, context="I lost it.", context_format="Transcript: {text}\n", question="Q?")
+    ctx = item_prompts.item_prompt(LABELS, context="I lost it.", context_format="Transcript: {text}\n", question="Q?")
     assert ctx.text.startswith("Transcript: I lost it.\nQ?")
     with pytest.raises(ValueError, match="prompt style"):
-        S.item_prompt(LABELS, style="free_text")
+        item_prompts.item_prompt(LABELS, style="free_text")
 
 
 def test_label_logits_unshuffles_letters_by_hand():
     """Row 0 shows (C, A, D, B) for (neutral, happy, angry, sad) and row 1 (B, D, A, C); the model "says" D in row 0
     and D in row 1: that is angry for row 0 and happy for row 1."""
-    cand = S.candidate_matrix(
-        [S.ItemPrompt("q0", ("C", "A", "D", "B")), S.ItemPrompt("q1", ("B", "D", "A", "C"))], LETTER_IDS
+    cand = item_prompts.candidate_matrix(
+        [item_prompts.ItemPrompt("q0", ("C", "A", "D", "B")),
+         item_prompts.ItemPrompt("q1", ("B", "D", "A", "C"))], LETTER_IDS
     )
     assert cand.tolist() == [[42, 40, 43, 41], [41, 43, 40, 42]]
     ids = torch.tensor([[PAD_ID, 5, AUDIO_ID, 6], [7, 8, AUDIO_ID, 9]])
     mask = torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1]])
-    subj = S.AdapterSubject(
+    subj = adapters.AdapterSubject(
         model=build_tiny("qwen2-audio"),
         labels=LABELS,
         adapter=get_adapter("qwen2-audio"),
@@ -243,14 +245,15 @@ def test_position_masks_from_hand_made_batch():
         [SYS, BOS, AUD, AUD, AUD, EOS, NL, W, W, W, END, HDR],
     ])  # fmt: skip
     att = (ids != PAD_ID).long()
-    m = S.position_masks_from(ids, att, audio_ids=[AUD], special_ids=[PAD_ID, BOS, EOS, END], after_audio=2, suffix=2)
+    m = positions.position_masks_from(ids, att, audio_ids=[AUD], special_ids=[PAD_ID, BOS, EOS, END], after_audio=2,
+                                      suffix=2)
     assert m["all"].tolist() == att.bool().tolist()
     assert m["audio"].nonzero().tolist() == [[0, 4], [0, 5], [1, 2], [1, 3], [1, 4]]
     assert m["text"].nonzero().tolist() == [[0, 8], [0, 9], [1, 7], [1, 8], [1, 9]]
     assert m["last"].nonzero().tolist() == [[0, 11], [1, 11]]
     # right padding: "last" follows the attention mask, not position -1
     right = torch.tensor([[SYS, W, W, PAD_ID], [SYS, W, W, W]])
-    m = S.position_masks_from(right, (right != PAD_ID).long(), special_ids=[PAD_ID])
+    m = positions.position_masks_from(right, (right != PAD_ID).long(), special_ids=[PAD_ID])
     assert m["last"].nonzero().tolist() == [[0, 2], [1, 3]]
     assert m["text"].tolist() == (right != PAD_ID).tolist()  # no audio: every attended non-special token
 
@@ -304,7 +307,7 @@ def template_tokenizer(texts):
 def test_text_mask_covers_exactly_the_user_text_of_a_rendered_prompt(tiny, family):
     adapter = get_adapter(family)
     audio_tok = AUDIO_TOKEN[family]
-    prompts = [S.item_prompt(LABELS, seed=0, item_id=i, context=c, context_format="Transcript: {text}\n")
+    prompts = [item_prompts.item_prompt(LABELS, seed=0, item_id=i, context=c, context_format="Transcript: {text}\n")
                for i, c in enumerate(["I lost my keys.", ""])]  # fmt: skip
     # what the processor would tokenise: the template around each user text, the audio token repeated per frame
     rendered = [
@@ -313,7 +316,8 @@ def test_text_mask_covers_exactly_the_user_text_of_a_rendered_prompt(tiny, famil
     tok = template_tokenizer(rendered + [adapter.prompt_text("x")])
     proc = type("Proc", (), {"tokenizer": tok})()
     audio_id = tok.convert_tokens_to_ids(audio_tok)
-    subj = S.AdapterSubject(model=tiny[family], labels=LABELS, adapter=adapter, processor=proc, audio_ids=(audio_id,))
+    subj = adapters.AdapterSubject(model=tiny[family], labels=LABELS, adapter=adapter, processor=proc,
+                                   audio_ids=(audio_id,))
     enc = tok(rendered, padding=True, return_tensors="pt", add_special_tokens=False)
     assert (enc["input_ids"][:, 0] == tok.pad_token_id).any(), "rows must differ in length (left padding)"
     masks = subj.masks_of(enc["input_ids"], enc["attention_mask"])
@@ -366,7 +370,8 @@ def test_processor_path_decodes_audio_and_builds_shuffled_prompts(tiny, tmp_path
         df.loc[i, "path"] = str(tmp_path / Path(p).name)
         sf.write(df.loc[i, "path"], np.full(800 + 80 * i, 0.1, dtype=np.float32), 8000)  # 8 kHz: must be resampled
     proc = FakeProcessor(model)
-    subj = S.AdapterSubject(model=model, labels=LABELS, adapter=get_adapter("qwen2-audio"), processor=proc, seed=5)
+    subj = adapters.AdapterSubject(model=model, labels=LABELS, adapter=get_adapter("qwen2-audio"), processor=proc,
+                                   seed=5)
     assert subj.sampling_rate == 16_000 and subj.tokenizer is proc.tokenizer
     # template around the user text: "<|audio_eos|>\n" after the audio token, the assistant header after the text
     suffix = "<|im_end|>\n<|im_start|>assistant\n"
@@ -375,10 +380,11 @@ def test_processor_path_decodes_audio_and_builds_shuffled_prompts(tiny, tmp_path
     call = proc.calls[-1]
     assert call["sampling_rate"] == 16_000 and [len(a) for a in call["audio"]] == [1600, 1760, 1920]
     for text, clip in zip(call["text"], df["clip_id"], strict=True):
-        expected = S.item_prompt(LABELS, seed=5, item_id=clip)
+        expected = item_prompts.item_prompt(LABELS, seed=5, item_id=clip)
         assert text.count("<|AUDIO|>") == 1 and expected.text in text and text.endswith(suffix)
     answer_ids = {ltr: CharTokenizer().encode(ltr)[0] for ltr in "ABCD"}
-    want = S.candidate_matrix([S.item_prompt(LABELS, seed=5, item_id=c) for c in df["clip_id"]], answer_ids)
+    want = item_prompts.candidate_matrix([item_prompts.item_prompt(LABELS, seed=5, item_id=c) for c in df["clip_id"]],
+                                         answer_ids)
     logits = torch.zeros(3, 256)
     logits[torch.arange(3), want[:, LABELS.index("sad")]] = 9.0  # each row "answers" the letter that means sad
     assert subj.label_logits(batch, logits).argmax(-1).tolist() == [LABELS.index("sad")] * 3
@@ -398,7 +404,7 @@ def _params(**kw):
 
 def test_load_subject_unknown_model_lists_known_names():
     with pytest.raises(UnknownAdapterError) as err:
-        S.load_subject(_params(model="gpt-audio"))
+        subject_loading.load_subject(_params(model="gpt-audio"))
     msg = str(err.value)
     assert "gpt-audio" in msg and "organism" in msg and all(name in msg for name in ADAPTERS)
 
@@ -406,9 +412,9 @@ def test_load_subject_unknown_model_lists_known_names():
 def test_load_subject_missing_local_path_fails_fast(tmp_path):
     t0 = time.perf_counter()
     with pytest.raises(ModelNotAvailableError, match="does not exist"):
-        S.load_subject(_params(model_path=str(tmp_path / "weights" / "Qwen2-Audio-7B-Instruct")))
+        subject_loading.load_subject(_params(model_path=str(tmp_path / "weights" / "Qwen2-Audio-7B-Instruct")))
     with pytest.raises(FileNotFoundError, match="make organism"):
-        S.load_subject(_params(model="organism", model_path=str(tmp_path / "no-organism")))
+        subject_loading.load_subject(_params(model="organism", model_path=str(tmp_path / "no-organism")))
     assert time.perf_counter() - t0 < 5.0
 
 
@@ -416,7 +422,7 @@ def test_load_subject_uncached_hub_id_fails_fast(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     t0 = time.perf_counter()
     with pytest.raises(ModelNotAvailableError) as err:
-        S.load_subject(_params(model_path="esn-test-org/definitely-not-cached-qwen2-audio"))
+        subject_loading.load_subject(_params(model_path="esn-test-org/definitely-not-cached-qwen2-audio"))
     assert time.perf_counter() - t0 < 5.0
     msg = str(err.value)
     assert "not in the local Hugging Face cache" in msg and "hf download" in msg
@@ -425,35 +431,36 @@ def test_load_subject_uncached_hub_id_fails_fast(monkeypatch):
 def test_load_subject_remote_code_and_inputs_checks_precede_loading(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "qwen2"}')
     with pytest.raises(RemoteCodeNotAllowedError, match="trust_remote_code: true"):
-        S.load_subject(_params(model="kimi-audio", model_path=str(tmp_path)))
+        subject_loading.load_subject(_params(model="kimi-audio", model_path=str(tmp_path)))
     with pytest.raises(NotImplementedError, match="kimia_infer"):
-        S.load_subject(_params(model="kimi-audio", model_path=str(tmp_path), trust_remote_code=True))
+        subject_loading.load_subject(_params(model="kimi-audio", model_path=str(tmp_path), trust_remote_code=True))
     with pytest.raises(ValueError, match="prompt style"):
-        S.load_subject(_params(model_path=str(tmp_path), prompt_style="free_text"))
+        subject_loading.load_subject(_params(model_path=str(tmp_path), prompt_style="free_text"))
     with pytest.raises(ConfigError, match="dtype"):
-        S.load_subject(_params(model_path=str(tmp_path), dtype="float8"))
+        subject_loading.load_subject(_params(model_path=str(tmp_path), dtype="float8"))
     with pytest.raises(ConfigError, match="model_path"):
-        S.load_subject({"model": "qwen2-audio", "labels": list(LABELS)})
+        subject_loading.load_subject({"model": "qwen2-audio", "labels": list(LABELS)})
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
 def test_load_subject_cuda_without_gpu_fails_fast(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "qwen2_audio"}')
     with pytest.raises(ConfigError, match="no CUDA GPU"):
-        S.load_subject(_params(model_path=str(tmp_path), device="cuda"))
+        subject_loading.load_subject(_params(model_path=str(tmp_path), device="cuda"))
 
 
 def test_config_params_picks_the_subject_keys():
     ns = {"model": "voxtral", "dtype": "bfloat16", "device": "cuda", "run_dir": "runs/x", "alpha": 0.5, "seed": 1}
-    assert S.config_params(ns) == {"model": "voxtral", "dtype": "bfloat16", "device": "cuda", "seed": 1}
-    assert set(S.SUBJECT_KEYS) >= {"trust_remote_code", "allow_hub", "prompt_style", "device_map", "datasets"}
+    assert subject_loading.config_params(ns) == {"model": "voxtral", "dtype": "bfloat16", "device": "cuda", "seed": 1}
+    assert set(subject_loading.SUBJECT_KEYS) >= {"trust_remote_code", "allow_hub", "prompt_style", "device_map",
+                                                 "datasets"}
 
 
 def test_load_subject_from_local_folder(tiny, tmp_path):
     tiny["qwen2-audio"].save_pretrained(tmp_path)
     fn = make_inputs_fn("qwen2-audio", tiny["qwen2-audio"])
-    subj = S.load_subject(_params(model_path=str(tmp_path), seed=3), inputs_fn=fn)
-    assert isinstance(subj, S.AdapterSubject) and subj.labels == LABELS and subj.seed == 3
+    subj = subject_loading.load_subject(_params(model_path=str(tmp_path), seed=3), inputs_fn=fn)
+    assert isinstance(subj, adapters.AdapterSubject) and subj.labels == LABELS and subj.seed == 3
     assert type(subj.model).__name__ == "Qwen2AudioForConditionalGeneration" and not subj.model.training
     inputs = subj.batch_inputs(items(2)).inputs
     att = inputs["attention_mask"].bool()  # padded positions differ between attention implementations
@@ -484,50 +491,54 @@ def test_load_items_synthetic_corpus_plain_folder_and_mapping(tmp_path):
     folder = _mini_corpus(tmp_path / "A")
     params = {"datasets": {"A": str(folder), "B": {"loader": "corpus", "root": str(folder)}}, "dataset": "A",
               "labels": list(LABELS)}  # fmt: skip
-    df = S.load_items(params)
+    df = run_items.load_items(params)
     assert len(df) == 16 and set(df["label"]) == set(LABELS) and Path(df["path"].iloc[0]).is_absolute()
-    ev = S.load_items(params, "B", split="evaluate")
+    ev = run_items.load_items(params, "B", split="evaluate")
     assert len(ev) == 8 and set(ev["split"]) == {"evaluate"}
     with pytest.raises(ConfigError, match="not in the config's datasets"):
-        S.load_items(params, "C")
+        run_items.load_items(params, "C")
     with pytest.raises(ValueError, match="no items in split"):
-        S.load_items(params, split="train")
+        run_items.load_items(params, split="train")
 
 
 def test_load_items_filters_unconfigured_labels_with_a_report(tmp_path, caplog):
     folder = _mini_corpus(tmp_path / "A")
     params = {"datasets": {"A": str(folder)}, "dataset": "A", "labels": ["neutral", "sad"]}
-    with caplog.at_level(logging.WARNING, logger="helpers.subjects.adapters"):
-        df = S.load_items(params)
+    with caplog.at_level(logging.WARNING, logger="helpers.subjects.run_items"):
+        df = run_items.load_items(params)
     assert sorted(set(df["label"])) == ["neutral", "sad"] and len(df) == 8
     assert df.attrs["dropped"]["not_in_config_labels"] == {"angry": 4, "happy": 4}
     assert "dropped 8 item(s)" in caplog.text
     with pytest.raises(ValueError, match=r"\['calm'\] have no items"):
-        S.load_items({**params, "labels": ["neutral", "calm"]})
+        run_items.load_items({**params, "labels": ["neutral", "calm"]})
 
 
 def test_load_items_real_loader_by_mapping_folder_and_env(tmp_path, monkeypatch):
     root = make_iemocap(tmp_path / "IEMOCAP_full_release")
     labels = list(LABELS)
-    by_map = S.load_items({"datasets": {"iemocap": {"loader": "iemocap", "root": str(root)}}, "dataset": "iemocap",
-                           "labels": labels})  # fmt: skip
+    by_map = run_items.load_items({"datasets": {"iemocap": {"loader": "iemocap", "root": str(root)}},
+                                   "dataset": "iemocap",
+                                   "labels": labels})  # fmt: skip
     assert (
         len(by_map) == 40 and set(by_map["label"]) == set(LABELS) and set(by_map["split"]) == {"identify", "evaluate"}
     )
-    by_folder = S.load_items({"datasets": {"iemocap": str(root)}, "dataset": "iemocap", "labels": labels})
+    by_folder = run_items.load_items({"datasets": {"iemocap": str(root)}, "dataset": "iemocap", "labels": labels})
     assert by_folder["path"].tolist() == by_map["path"].tolist()
     monkeypatch.setenv("ESN_IEMOCAP_ROOT", str(root))
-    by_env = S.load_items({"datasets": {"ie": {"loader": "iemocap", "root": None}}, "dataset": "ie", "labels": labels})
+    by_env = run_items.load_items({"datasets": {"ie": {"loader": "iemocap", "root": None}}, "dataset": "ie",
+                                   "labels": labels})
     assert len(by_env) == 40
-    by_var = S.load_items({"datasets": {"ie": {"loader": "iemocap", "root": "${ESN_IEMOCAP_ROOT}"}}, "dataset": "ie",
-                           "labels": ["neutral", "angry"]})  # fmt: skip
+    by_var = run_items.load_items({"datasets": {"ie": {"loader": "iemocap", "root": "${ESN_IEMOCAP_ROOT}"}},
+                                   "dataset": "ie",
+                                   "labels": ["neutral", "angry"]})  # fmt: skip
     assert sorted(set(by_var["label"])) == ["angry", "neutral"]
     assert by_var.attrs["dropped"]["not_in_labels"] == {"happy": 16, "sad": 8}
     with pytest.raises(ConfigError, match="ESN_NOT_SET_ANYWHERE"):
-        S.load_items({"datasets": {"ie": {"loader": "iemocap", "root": "$ESN_NOT_SET_ANYWHERE/x"}}, "dataset": "ie",
-                      "labels": labels})  # fmt: skip
+        run_items.load_items({"datasets": {"ie": {"loader": "iemocap", "root": "$ESN_NOT_SET_ANYWHERE/x"}},
+                              "dataset": "ie",
+                              "labels": labels})  # fmt: skip
     with pytest.raises(ConfigError, match="unknown loader"):
-        S.load_items(
+        run_items.load_items(
             {"datasets": {"x": {"loader": "librispeech", "root": str(root)}}, "dataset": "x", "labels": labels}
         )
 
@@ -554,23 +565,23 @@ def test_config_is_complete_and_names_known_adapter_and_loaders(path):
     missing = [k for k in REQUIRED if k not in cfg]
     assert not missing, f"{path.name} lacks {missing}"
     assert cfg["run_name"] == path.stem
-    assert cfg["model"] in S.known_models()
+    assert cfg["model"] in subject_loading.known_models()
     assert cfg["dataset"] in cfg["datasets"]
     for name, entry in cfg["datasets"].items():
-        spec = S.dataset_spec(name, entry)
+        spec = run_items.dataset_spec(name, entry)
         assert spec.loader in ("corpus", *DATASETS), f"{path.name}: datasets.{name}"
     labels = cfg["labels"]
     assert len(labels) >= 2 and len(set(labels)) == len(labels)
     assert isinstance(cfg["batch_size"], int) and cfg["batch_size"] > 0
-    S._dtype(cfg["dtype"])
+    subject_loading._dtype(cfg["dtype"])
     if cfg["model"] == "organism":
         return
     assert get_adapter(cfg["model_path"]).name == cfg["model"], "model_path must be a checkpoint of the family"
-    assert cfg.get("prompt_style") in S.PROMPT_STYLES
+    assert cfg.get("prompt_style") in item_prompts.PROMPT_STYLES
     assert cfg.get("trust_remote_code") is False and cfg.get("allow_hub") is False
     assert cfg["fraction"] == 0.005 and cfg["alpha"] == 0.5
     assert cfg.get("positions") in ("all", "audio", "text", "last")
     for name, entry in cfg["datasets"].items():
-        spec = S.dataset_spec(name, entry)
+        spec = run_items.dataset_spec(name, entry)
         assert spec.loader in DATASETS
         assert set(labels) <= set(DATASETS[spec.loader].label_map.values()), f"{name} cannot produce {labels}"

@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 #: Public name -> the module that defines it, grouped by the method's stages.
 _PUBLIC: dict[str, str] = {
     # subjects and the hooks (Log)
-    "load_subject": "subjects.adapters", "load_items": "subjects.adapters",
+    "load_subject": "subjects.subject_loading", "load_items": "subjects.run_items",
     "Subject": "core.subject", "Batch": "core.subject",
     "gate_modules": "core.models", "gate_shape": "core.models",
     "trace_gates": "core.hooks", "run_with_gate_edits": "core.hooks",

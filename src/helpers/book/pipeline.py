@@ -374,7 +374,8 @@ def preflight(info: cfg.StageInfo, effective: Mapping[str, Any]) -> None:
     from ..core.families import ModelNotAvailableError, RemoteCodeNotAllowedError, UnknownAdapterError
     from ..data.loading import DatasetNotAvailable
     from ..data.schema import SchemaError
-    from ..subjects.adapters import check_datasets, check_model_source
+    from ..subjects.run_items import check_datasets
+    from ..subjects.subject_loading import check_model_source
 
     try:
         if {"model", "model_path"} <= reads and {"model", "model_path"} <= set(effective):

@@ -157,7 +157,8 @@ def main(argv: list[str] | None = None) -> None:
 
     from ..book import config as cfg
     from ..book.pipeline import NOTEBOOKS
-    from ..subjects.adapters import load_items, load_subject
+    from ..subjects.run_items import load_items
+    from ..subjects.subject_loading import load_subject
     from .io import atomic_save, load_config
 
     ap = argparse.ArgumentParser(prog="python -m helpers.core.distributed", description=main.__doc__)
