@@ -13,7 +13,7 @@ import pytest
 from helpers.book import pipeline
 from helpers.core.io import STAGES
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CHAPTERS = [s for s in STAGES if (ROOT / "notebooks" / f"{s}.md").is_file()]
 
 

@@ -22,7 +22,7 @@ from helpers.book import config as C
 from helpers.book import pipeline
 from helpers.core.io import STAGES
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MAKE = shutil.which("make")
 
 # ---------------------------------------------------------------------------------------------------------------------

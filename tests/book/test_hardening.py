@@ -30,7 +30,7 @@ from helpers.book import pipeline
 from helpers.core.io import ConfigError, load_config, yaml_load
 from helpers.data.audio import AudioChannelWarning, AudioLoadError, load_audio
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ORGANISM_CFG = ROOT / "configs" / "organism.yml"
 QWEN_CFG = ROOT / "configs" / "qwen2-audio-iemocap.yml"
 MAKE = shutil.which("make")
@@ -361,7 +361,7 @@ def test_clean_stale_restores_a_result_moved_aside_by_a_cut_swap(tmp_path):
 def test_downstream_stage_refuses_inputs_produced_under_other_parameters(fake_notebooks, fake_config, tmp_path,
                                                                         capsys, untouched):
     rdir = tmp_path / "run"
-    base = ["--no-upstream", "--config", str(fake_config), "-p", "run_dir", str(rdir)]  # make run: tests/test_rerun.py
+    base = ["--no-upstream", "--config", str(fake_config), "-p", "run_dir", str(rdir)]  # make run: test_rerun.py
     assert run_main(["run", "01_logging", *base], capsys)[0] == 0
     rc, err = run_main(["run", "02_selectors", *base, "-p", "labels", "[a, b, c]"], capsys)
     assert rc == 2
@@ -550,7 +550,7 @@ def test_dataset_names_cannot_escape_the_stage_folder():
 
 
 def _tiny_subject():
-    sys.path.insert(0, str(Path(__file__).parent))
+    sys.path.insert(0, str(Path(__file__).parents[1]))
     from tiny_models import AUDIO_BOS_ID, AUDIO_EOS_ID, PAD_ID, build_tiny, tiny_inputs
 
     from helpers.core.families import get_adapter

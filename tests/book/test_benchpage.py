@@ -8,7 +8,7 @@ from pathlib import Path
 
 from helpers.book import benchpage
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RESULTS = {
     "machine": {"date": "today", "cpu_count": 2, "torch": "x", "torch_threads": 1},
     "goals": {"logging_overhead_ratio": 1.15, "batching_speedup": 3.0},

@@ -51,7 +51,7 @@ from helpers.identify.selectors import select, to_mask  # noqa: E402
 from helpers.log.activation_log import log_activations  # noqa: E402
 from helpers.subjects import adapters, item_prompts, positions, run_items, subject_loading  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 LABELS = ("neutral", "happy", "angry", "sad")
 #: Made-up answer-token ids for the tiny vocabulary (letters A-D), away from the special ids.
 LETTER_IDS = {"A": 40, "B": 41, "C": 42, "D": 43}

@@ -13,7 +13,7 @@ import yaml
 
 from helpers.book import benchpage, claims, pipeline
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 

@@ -18,7 +18,7 @@ from helpers.data import corpus
 from helpers.log import activation_log
 from helpers.log.stats import SUM_NAMES, ActivationStats, StatsAccumulator
 
-ORGANISM_DIR = Path(__file__).resolve().parents[1] / "models" / "organism"
+ORGANISM_DIR = Path(__file__).resolve().parents[2] / "models" / "organism"
 
 
 def test_batch_shards_deal_the_one_process_batches_round_robin():

@@ -12,7 +12,7 @@ import pytest
 
 from helpers.book import claims
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 METRICS = {
     "00_organism": {"conflict_follows_audio": {"clear": 0.8, "faint": 0.4, "none": 0.03},

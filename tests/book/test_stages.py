@@ -9,7 +9,7 @@ import pytest
 
 from helpers.book import pipeline
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs" / "organism.yml"
 pytestmark = pytest.mark.slow
 
