@@ -10,10 +10,9 @@ edits of the paper:
   per-neuron constant, ``"patch_mean"`` moves the gates toward the target emotion's mean (see :data:`MODES`);
 * :func:`joint` — scale ``1 + alpha`` on the *union* of several emotions' sets (a neuron in two sets is scaled once);
 * :func:`combine` — several conditions applied one after the other;
-* :func:`~helpers.intervene.per_item.label_free` — the per-item strategies ``two_pass``, ``union`` and ``mix`` (defined
-there) that need no
-  target emotion; :func:`~helpers.intervene.per_item.oracle` — each item steered toward its own true emotion (an upper
-  bound);
+* :func:`~helpers.intervene.per_item.label_free` — the per-item strategies ``two_pass``, ``union`` and ``mix``
+  (defined there) that need no target emotion; :func:`~helpers.intervene.per_item.oracle` — each item steered
+  toward its own true emotion (an upper bound);
 * :func:`identity` — no edit (the baseline).
 
 Neuron sets everywhere are ``{label: LongTensor[m, 2]}`` of ``(layer, neuron)`` pairs, as returned by

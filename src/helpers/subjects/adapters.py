@@ -18,10 +18,9 @@ Design points, each a reason rather than a convenience:
 * **Left padding**: processors are set to pad on the left, so position ``-1`` is every row's last prompt token;
   masks still use the attention mask, so right padding would not silently miscount.
 * The prompt/scoring/mask logic lives in pure functions (:func:`~helpers.subjects.item_prompts.item_prompt`,
-:func:`~helpers.subjects.item_prompts.candidate_matrix`,
-  :func:`~helpers.subjects.positions.position_masks_from`) and the processor call behind an injectable ``inputs_fn``, so
-  all of it is tested
-  on tiny random models without any processor files.
+  :func:`~helpers.subjects.item_prompts.candidate_matrix`, :func:`~helpers.subjects.positions.position_masks_from`)
+  and the processor call behind an injectable ``inputs_fn``, so all of it is tested on tiny random models without
+  any processor files.
 """
 
 from __future__ import annotations
