@@ -13,8 +13,8 @@ Five questions, each answered on CPU with modest sizes (the whole run takes a fe
    profiler's memory events (peak of live tensor bytes allocated during the run), plus the size of the
    accumulated statistics and, for information, the process RSS growth (psutil, sampled).
 3. **Batching** — a sweep of emotions x selectors x alphas steering conditions run by
-   :func:`helpers.intervene.interventions.run_conditions` (conditions tiled into shared forward passes) vs
-   :func:`~helpers.intervene.interventions.run_conditions_sequential` (one forward per condition and batch), same items;
+   :func:`helpers.intervene.runner.run_conditions` (conditions tiled into shared forward passes) vs
+   :func:`~helpers.intervene.runner.run_conditions_sequential` (one forward per condition and batch), same items;
    the results must agree (checked, the bench fails otherwise) and the speedup is reported.
 4. **The full sweep** — the same sweep cached + batched (audio tower once per item, conditions tiled) against
    one condition at a time that runs the whole model from the waveform each time (no cache): the speedup a
@@ -51,16 +51,10 @@ import torch
 
 from helpers.core.io import project_root
 from helpers.core.subject import Batch
-from helpers.subjects.organism import (
-    EMOTIONS,
-    AudioCache,
-    Organism,
-    OrganismConfig,
-    build_feature_extractor,
-    build_model,
-    build_tokenizer,
-    merge_audio,
-)
+from helpers.data.corpus import EMOTIONS
+from helpers.subjects.organism import Organism
+from helpers.subjects.organism_inputs import AudioCache, merge_audio
+from helpers.subjects.organism_model import OrganismConfig, build_feature_extractor, build_model, build_tokenizer
 
 ROOT = project_root()  # the checkout (from the working directory), not this file's location
 ORGANISM_DIR = ROOT / "models" / "organism"
@@ -346,7 +340,7 @@ def sweep_conditions(L: int, N: int, labels, *, selector_sizes=(15, 30, 60),
                      alphas=(-1.0, -0.5, 1.0, 2.0, 4.0), seed: int = 0):
     """emotions x selectors x alphas steering conditions (+ the baseline) on random neuron sets of selector-like
     sizes; which neurons are edited does not change the cost of a forward pass."""
-    from helpers.intervene.interventions import identity, steer
+    from helpers.intervene.conditions import identity, steer
 
     g = torch.Generator().manual_seed(seed)
     conds = [identity()]
@@ -363,7 +357,7 @@ def batching_speedup(subject: Organism, df: pd.DataFrame, *, settings: list[tupl
                      reps: int) -> dict[str, Any]:
     """Time :func:`run_conditions` (per ``(batch_size, max_rows)`` setting) against the sequential runner."""
     from helpers.core.models import gate_shape
-    from helpers.intervene.interventions import run_conditions, run_conditions_sequential
+    from helpers.intervene.runner import run_conditions, run_conditions_sequential
 
     L, N = gate_shape(subject.model)
     conds = sweep_conditions(L, N, subject.labels)
@@ -427,7 +421,7 @@ def sweep_speedup(subject: Organism, df: pd.DataFrame, *, batch_size: int, max_r
       inside the timing) and conditions tiled into shared forward passes (:func:`run_conditions`).
     """
     from helpers.core.models import gate_shape
-    from helpers.intervene.interventions import run_conditions, run_conditions_sequential
+    from helpers.intervene.runner import run_conditions, run_conditions_sequential
 
     L, N = gate_shape(subject.model)
     conds = sweep_conditions(L, N, subject.labels)

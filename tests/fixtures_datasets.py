@@ -223,7 +223,7 @@ def make_ravdess(root: Path, actors: tuple[int, ...] = (1, 2, 3, 4)) -> Path:
 
 
 def make_all(root: Path) -> dict[str, Path]:
-    """Every fixture corpus under ``root/<name>``, keyed like ``helpers.data.speech_datasets.DATASETS``."""
+    """Every fixture corpus under ``root/<name>``, keyed like ``helpers.data.catalog.DATASETS``."""
     root = Path(root)
     return {
         "iemocap": make_iemocap(root / "iemocap"),

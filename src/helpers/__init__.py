@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 #: Public name -> the module that defines it, grouped by the method's stages.
 _PUBLIC: dict[str, str] = {
     # subjects and the hooks (Log)
-    "load_subject": "subjects.adapters", "load_items": "subjects.adapters",
+    "load_subject": "subjects.subject_loading", "load_items": "subjects.run_items",
     "Subject": "core.subject", "Batch": "core.subject",
     "gate_modules": "core.models", "gate_shape": "core.models",
     "trace_gates": "core.hooks", "run_with_gate_edits": "core.hooks",
@@ -25,13 +25,14 @@ _PUBLIC: dict[str, str] = {
     "as_pairs": "core.neuron_sets", "as_mask": "core.neuron_sets", "random_sets": "core.neuron_sets",
     "save_sets": "core.neuron_sets", "load_sets": "core.neuron_sets",
     # Intervene
-    "run_conditions": "intervene.interventions", "identity": "intervene.interventions",
-    "deactivate": "intervene.interventions", "steer": "intervene.interventions",
-    "label_free": "intervene.interventions",
-    "deactivation_experiment": "intervene.interventions", "steering_experiment": "intervene.interventions",
+    "run_conditions": "intervene.runner", "identity": "intervene.conditions",
+    "deactivate": "intervene.conditions", "steer": "intervene.conditions",
+    "label_free": "intervene.per_item",
+    "deactivation_experiment": "intervene.deactivation", "steering_experiment": "intervene.steering",
     # Ground
-    "patch_pairs": "ground.grounding", "calibrated_coefficient": "ground.grounding",
-    "neuron_grounding": "ground.grounding", "set_grounding": "ground.grounding", "dissociation": "ground.grounding",
+    "patch_pairs": "ground.patching", "calibrated_coefficient": "ground.coefficients",
+    "neuron_grounding": "ground.grounding_tables", "set_grounding": "ground.grounding_tables",
+    "dissociation": "ground.dissociation",
     # scale
     "log_activations_sharded": "core.distributed", "run_conditions_sharded": "core.distributed",
 }

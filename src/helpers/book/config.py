@@ -10,7 +10,7 @@ into a stage notebook's ``parameters`` cell *as Python code*. So before anything
   ``5e-3`` is a number (see :func:`helpers.core.io.yaml_load`), ranges and allowed values are enforced;
 * passes a stage only the parameters it reads: the names in its ``parameters`` cell, parsed from the notebook at
   run time (so a parameter added to a notebook is known at once, typed by its default), plus
-  :data:`SUBJECT_KEYS` for stages that call :func:`helpers.subjects.adapters.config_params`.
+  :data:`SUBJECT_KEYS` for stages that call :func:`helpers.subjects.subject_loading.config_params`.
 
 Keys shared by several stages are typed here, once; a notebook parameter without an entry in :class:`Config` is
 typed by its default value (``int`` default: whole numbers only, and so on). :func:`describe` lists every key with
@@ -73,7 +73,7 @@ __all__ = [
 
 # Allowed values, kept here so validating a config imports neither torch nor the model code; tests check that they
 # equal helpers.log.activation_log.POSITION_KINDS, helpers.identify.selectors.METHODS,
-# helpers.subjects.adapters.PROMPT_STYLES, ...
+# helpers.subjects.item_prompts.PROMPT_STYLES, ...
 # (written as Literal types, which the schema below uses and a type checker can read, and as tuples of the same values)
 PositionKind = Literal["all", "audio", "text", "last"]
 SelectorMethod = Literal["lap", "lape", "mad", "cas", "aape", "random"]
@@ -86,7 +86,8 @@ PROMPT_STYLES: tuple[str, ...] = get_args(PromptStyle)
 SPLITS: tuple[str, ...] = get_args(Split)
 DTYPES: tuple[str, ...] = get_args(DType)
 
-#: Every config key :func:`helpers.subjects.adapters.load_subject` and :func:`helpers.subjects.adapters.load_items`
+#: Every config key :func:`helpers.subjects.subject_loading.load_subject` and
+#: :func:`helpers.subjects.run_items.load_items`
 #: read; a stage that calls ``config_params(globals())`` receives those present in the config without naming them
 #: itself.
 SUBJECT_KEYS: tuple[str, ...] = (
@@ -124,7 +125,7 @@ def _known_model(value: str) -> str:
 
 
 def _known_models() -> list[str]:
-    from ..core.models import ADAPTERS  # imports torch: only for configs of real models
+    from ..core.families import ADAPTERS  # imports torch: only for configs of real models
 
     return sorted({"organism", *ADAPTERS})
 
@@ -180,8 +181,8 @@ class Config(BaseModel):
                              "run_name: organism")
     run_dir: StrictStr = _key("the run folder itself; give it with -p run_dir <folder>, not in a config file",
                               "-p run_dir /tmp/my-run")
-    # --- the subject (helpers.subjects.adapters.load_subject)
-    model: ModelName = _key("adapter family (helpers.core.models.ADAPTERS) or 'organism'", "model: qwen2-audio",
+    # --- the subject (helpers.subjects.subject_loading.load_subject)
+    model: ModelName = _key("adapter family (helpers.core.families.ADAPTERS) or 'organism'", "model: qwen2-audio",
                             lineage="equal")
     model_path: NonEmpty = _key("local checkpoint folder or hub id", "model_path: models/organism", lineage="equal")
     trust_remote_code: StrictBool = _key("run Python code shipped with the checkpoint (only `true` opts in)",
@@ -622,7 +623,7 @@ def _cross_checks(merged: Mapping[str, Any], origin: Mapping[str, str], info: St
     if "model_path" in merged and "model" not in merged and "model" in info.reads:
         guess = ""
         try:
-            from ..core.models import get_adapter
+            from ..core.families import get_adapter
 
             guess = get_adapter(str(merged["model_path"])).name
         except Exception:  # noqa: BLE001 - no family recognisable from the path

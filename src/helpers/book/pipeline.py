@@ -371,10 +371,11 @@ def preflight(info: cfg.StageInfo, effective: Mapping[str, Any]) -> None:
     reads = info.reads
     if not ({"model_path", "datasets"} & reads):
         return
-    from ..core.models import ModelNotAvailableError, RemoteCodeNotAllowedError, UnknownAdapterError
+    from ..core.families import ModelNotAvailableError, RemoteCodeNotAllowedError, UnknownAdapterError
+    from ..data.loading import DatasetNotAvailable
     from ..data.schema import SchemaError
-    from ..data.speech_datasets import DatasetNotAvailable
-    from ..subjects.adapters import check_datasets, check_model_source
+    from ..subjects.run_items import check_datasets
+    from ..subjects.subject_loading import check_model_source
 
     try:
         if {"model", "model_path"} <= reads and {"model", "model_path"} <= set(effective):
@@ -720,7 +721,7 @@ def _cmd_corpus(args: argparse.Namespace) -> None:
 
 
 def _cmd_organism(args: argparse.Namespace) -> None:
-    from ..subjects.organism import train_organism
+    from ..subjects.organism_training import train_organism
 
     dirs = {name: str(Path(args.corpus) / name) for name in ("A", "B")}
     # the frozen Whisper tower's outputs of the training clips are kept next to the corpus for retrains

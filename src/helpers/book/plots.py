@@ -267,7 +267,7 @@ _OUTCOMES = (("corrections", "baseline errors corrected"), ("damage", "correct a
 
 def strategy_curves(table: pd.DataFrame) -> plt.Figure:
     """Steering strategies over α on the same four outcomes (columns: corrections, damage, ΔUAR, flip rate toward
-    the target), one row per steering mode; from :func:`helpers.intervene.interventions.steering_experiment` (targeted =
+    the target), one row per steering mode; from :func:`helpers.intervene.steering.steering_experiment` (targeted =
     the mean over targets; label-free strategies have no target, so no flip rate; the oracle's target is the true
     label, so its flip rate equals its corrections)."""
     t = table[table["target"].isin(["mean", "all", "true"])]

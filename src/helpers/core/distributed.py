@@ -127,10 +127,10 @@ def _in_batch_order(frames: Sequence[pd.DataFrame], n_items: int, batch_size: in
 
 def run_conditions_sharded(subject: Subject, df: pd.DataFrame, conditions, *, batch_size: int = 32,
                            **kwargs) -> np.ndarray:
-    """:func:`helpers.intervene.interventions.run_conditions` over this process's batches, the logits gathered into the
+    """:func:`helpers.intervene.runner.run_conditions` over this process's batches, the logits gathered into the
     full ``[n_conditions, n_items, n_labels]`` array on every process (equal to one process: same batches).
     Conditions with per-item scales are not supported here (their rows follow the table's index)."""
-    from ..intervene.interventions import run_conditions
+    from ..intervene.runner import run_conditions
 
     conds = list(conditions)
     if any(c.per_item is not None for c in conds):
@@ -157,7 +157,8 @@ def main(argv: list[str] | None = None) -> None:
 
     from ..book import config as cfg
     from ..book.pipeline import NOTEBOOKS
-    from ..subjects.adapters import load_items, load_subject
+    from ..subjects.run_items import load_items
+    from ..subjects.subject_loading import load_subject
     from .io import atomic_save, load_config
 
     ap = argparse.ArgumentParser(prog="python -m helpers.core.distributed", description=main.__doc__)

@@ -31,14 +31,14 @@ import nnsight
 import torch
 from torch import nn
 
-from .models import decoder_layers, decoder_mlps, forward_model, gate_modules, gate_shape
+from .gate_edits import GateFn, NonFiniteEditError, _as_gate_fns, _as_positions, _edit_layer, _plan, apply_gate_edit
+from .models import decoder_layers, decoder_mlps, forward_model, gate_modules
+from .nnsight_wrap import _batch_size, _envoys
 
 LogitsMode = Literal["all", "last", "none"]
-Reduce = Callable[[int, torch.Tensor], Any]
-#: An input-dependent gate edit of :func:`run_with_gate_edits`: ``fn(gate [B, T, N], positions [B|1, T] | None)``.
-GateFn = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
-_WRAPPER_ATTR = "_esn_nnsight_wrapper"
+
+Reduce = Callable[[int, torch.Tensor], Any]
 
 #: Work done by :func:`trace` in this process: forward passes, item rows and token positions. Instrumentation
 #: only (nothing reads it to decide anything): each stage reports its share of the book's work from it
@@ -49,77 +49,6 @@ _FORWARDS: dict[str, int] = {"passes": 0, "rows": 0, "tokens": 0}
 def forward_counts() -> dict[str, int]:
     """A copy of this process's :func:`trace` counters (``passes``, ``rows``, ``tokens``)."""
     return dict(_FORWARDS)
-
-
-class NonFiniteEditError(FloatingPointError):
-    """A gate edit produced NaN/inf logits (typically an amplification alpha far too large for the dtype)."""
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Wrapping
-# --------------------------------------------------------------------------------------------------------------------
-
-
-def nnsight_model(model: Any) -> nnsight.NNsight:
-    """The cached ``nnsight.NNsight`` wrapper of :func:`~helpers.core.models.forward_model` (the thinker for Omni).
-
-    Cached in the module's ``__dict__`` (a reference cycle the garbage collector frees with the model), so repeated
-    traces neither re-instrument the model nor leak it. A wrapper passed in is used as is when it wraps the
-    forward model; a wrapper of a full Qwen2.5-Omni is narrowed to its thinker's envoy.
-    """
-    target = forward_model(model)
-    if isinstance(model, nnsight.Envoy):
-        if model._module is target:
-            return model
-        env = model.interleaver.envoys.get(id(target))
-        if env is not None:
-            return env
-    holder = target.__dict__.get(_WRAPPER_ATTR)
-    if holder is None:
-        holder = _WrapperCache()
-        object.__setattr__(target, _WRAPPER_ATTR, holder)
-    if holder.envoy is None:
-        holder.envoy = nnsight.NNsight(target)
-    return holder.envoy
-
-
-class _WrapperCache:
-    """Holds a model's nnsight wrapper; copies and pickles of the model get an empty one (re-wrapped on first use)
-    instead of dragging the wrapper, and through it a second reference to the model, along."""
-
-    __slots__ = ("envoy",)
-
-    def __init__(self) -> None:
-        self.envoy: nnsight.NNsight | None = None
-
-    def __deepcopy__(self, memo: dict) -> _WrapperCache:
-        return _WrapperCache()
-
-    def __reduce__(self) -> tuple:
-        return (_WrapperCache, ())
-
-
-def _envoys(root: nnsight.Envoy, modules: Sequence[nn.Module]) -> list[nnsight.Envoy]:
-    """Envoys of ``modules`` under ``root`` (looked up before the trace, as nnsight requires)."""
-    out = []
-    for i, mod in enumerate(modules):
-        env = root.interleaver.envoys.get(id(mod))
-        if env is None:
-            raise ValueError(f"gate module {i} ({type(mod).__name__}) is not part of the traced model")
-        out.append(env)
-    return out
-
-
-def _batch_size(inputs: Mapping[str, Any]) -> int:
-    for key in ("input_ids", "inputs_embeds"):
-        if isinstance(inputs.get(key), torch.Tensor):
-            return int(inputs[key].shape[0])
-    raise ValueError("inputs need `input_ids` (or `inputs_embeds`) to define the batch")
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Logits selection
-# --------------------------------------------------------------------------------------------------------------------
 
 
 def last_positions(mask: torch.Tensor | None, length: int) -> torch.Tensor | None:
@@ -157,11 +86,6 @@ def select_logits(output: Any, mode: LogitsMode, mask: torch.Tensor | None) -> t
     return logits[torch.arange(logits.shape[0], device=logits.device), idx].clone()
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# The one tracer
-# --------------------------------------------------------------------------------------------------------------------
-
-
 def trace(
     model: Any,
     inputs: Mapping[str, Any],
@@ -186,7 +110,8 @@ def trace(
     through it (:func:`trace_gates` and :func:`run_with_gate_edits` are its two common shapes).
 
     Gate edits (``scale``, ``add``, ``positions``, ``patch``, ``patch_mask``) follow :func:`run_with_gate_edits`
-    and :func:`apply_gate_edit`; ``gate_fns`` ``{layer: fn(gate, positions)}`` add input-dependent edits after them
+    and :func:`~helpers.core.gate_edits.apply_gate_edit`; ``gate_fns`` ``{layer: fn(gate, positions)}`` add
+    input-dependent edits after them
     (see :func:`run_with_gate_edits`). With ``read_gates`` the (edited) gates are returned, one entry per module
     (``reduce(layer_index, gate)`` runs inside the trace and its value replaces the gate; None entries stay);
     without it only the edited layers are touched at all. ``residual``: ``{layer: [B|1, T, H]}`` source hidden
@@ -265,11 +190,6 @@ def _residual_plan(model: Any, residual: Mapping[int, torch.Tensor] | None, resi
     return out
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# Reading
-# --------------------------------------------------------------------------------------------------------------------
-
-
 def trace_gates(
     model: Any,
     inputs: Mapping[str, Any],
@@ -315,168 +235,6 @@ def hook_gates(model: Any, inputs: Mapping[str, Any]) -> tuple[torch.Tensor, lis
     return _logits_of(out), seen
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# Editing
-# --------------------------------------------------------------------------------------------------------------------
-
-
-def _as_edit(x: torch.Tensor | None, what: str, batch: int, n_layers: int, n_neurons: int) -> torch.Tensor | None:
-    """Validate a [B|1, L, N] (or [L, N]) edit tensor; clear errors for wrong models and non-finite values."""
-    if x is None:
-        return None
-    x = torch.as_tensor(x)
-    if x.ndim == 2:
-        x = x.unsqueeze(0)
-    if x.ndim != 3 or tuple(x.shape[1:]) != (n_layers, n_neurons):
-        raise ValueError(
-            f"edit `{what}` has shape {tuple(x.shape)} but the model has {n_layers} x {n_neurons} gates "
-            "(a neuron set from another model?); expected [B, L, N], [1, L, N] or [L, N]"
-        )
-    if x.shape[0] not in (1, batch):
-        raise ValueError(
-            f"edit `{what}` has batch dimension {x.shape[0]} but the inputs have {batch} rows "
-            "(use 1 to apply one edit to every row)"
-        )
-    if what == "patch_mask":
-        if x.dtype != torch.bool:
-            raise TypeError(f"`patch_mask` must be a bool tensor, got {x.dtype}")
-    elif not torch.isfinite(x).all():
-        bad = (~torch.isfinite(x)).nonzero()[:3].tolist()
-        raise ValueError(f"edit `{what}` contains NaN/inf values (first at [row, layer, neuron] = {bad})")
-    return x
-
-
-def _as_positions(positions: torch.Tensor | None, batch: int) -> torch.Tensor | None:
-    if positions is None:
-        return None
-    p = torch.as_tensor(positions)
-    if p.dtype != torch.bool:
-        raise TypeError(f"`positions` must be a bool tensor [B, T], got {p.dtype}")
-    if p.ndim == 1:
-        p = p.unsqueeze(0)
-    if p.ndim != 2 or p.shape[0] not in (1, batch):
-        raise ValueError(f"`positions` must be [B={batch} or 1, T], got shape {tuple(p.shape)}")
-    return p
-
-
-def _as_patch(patch: Any, n_layers: int) -> dict[int, torch.Tensor]:
-    if patch is None:
-        return {}
-    items = patch.items() if isinstance(patch, Mapping) else enumerate(patch)
-    out = {}
-    for layer, src in items:
-        if src is None:
-            continue
-        layer = int(layer)
-        if not 0 <= layer < n_layers:
-            raise ValueError(f"patch given for layer {layer} but the model has {n_layers} layers")
-        out[layer] = torch.as_tensor(src)
-    if not isinstance(patch, Mapping) and len(patch) != n_layers:
-        raise ValueError(f"patch list has {len(patch)} entries but the model has {n_layers} layers (use a dict)")
-    return out
-
-
-def apply_gate_edit(
-    gate: torch.Tensor,
-    scale: torch.Tensor | None = None,
-    add: torch.Tensor | None = None,
-    positions: torch.Tensor | None = None,
-    source: torch.Tensor | None = None,
-    select: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """The edit rule for one layer, as a pure function of tensors.
-
-    ``gate`` [B, T, N]; ``scale``/``add`` [B|1, 1, N]; ``positions`` [B|1, T, 1] bool; ``source`` [B|1, T, N] with
-    neuron selection ``select`` [B|1, 1, N] bool (every neuron when None). First the selected neurons are
-    *patched* to ``source``, then ``gate * scale + add`` is applied; both only at ``positions`` (all positions when
-    None).
-    """
-    if positions is not None and positions.shape[1] != gate.shape[1]:
-        raise ValueError(
-            f"`positions` covers {positions.shape[1]} positions but the gate activations have T={gate.shape[1]} "
-            "(positions must index the sequence the language model sees, audio tokens included)"
-        )
-    new = gate
-    if source is not None:
-        if source.shape[1] != gate.shape[1] or source.shape[2] != gate.shape[2]:
-            raise ValueError(f"patch source has shape {tuple(source.shape)} but the gate is {tuple(gate.shape)}")
-        if select is None:  # no neuron selection: patch every neuron, as run_with_gate_edits does without patch_mask
-            select = torch.ones(1, 1, gate.shape[2], dtype=torch.bool, device=gate.device)
-        sel = select if positions is None else select & positions
-        new = torch.where(sel, source.to(gate.dtype), new)
-    if scale is not None or add is not None:
-        edited = new
-        if scale is not None:
-            edited = edited * scale
-        if add is not None:
-            edited = edited + add
-        new = edited if positions is None else torch.where(positions, edited, new)
-    return new
-
-
-def _plan(
-    model: Any,
-    inputs: Mapping[str, Any],
-    modules: Sequence[nn.Module] | None,
-    scale: Any,
-    add: Any,
-    positions: Any,
-    patch: Any,
-    patch_mask: Any,
-) -> tuple[list[nnsight.Envoy], list[tuple[int, dict[str, torch.Tensor | None]]], nnsight.NNsight]:
-    """Validate the edit and precompute per-layer tensors on each layer's device/dtype; skip no-op layers."""
-    n_layers, n_neurons = gate_shape(model)
-    mods = list(modules) if modules is not None else gate_modules(model)
-    if len(mods) != n_layers:
-        raise ValueError(f"got {len(mods)} gate modules for a model with {n_layers} layers")
-    batch = _batch_size(inputs)
-    scale_t = _as_edit(scale, "scale", batch, n_layers, n_neurons)
-    add_t = _as_edit(add, "add", batch, n_layers, n_neurons)
-    pos_t = _as_positions(positions, batch)
-    patches = _as_patch(patch, n_layers)
-    mask_t = _as_edit(patch_mask, "patch_mask", batch, n_layers, n_neurons) if patch_mask is not None else None
-    if mask_t is not None and not patches:
-        raise ValueError("`patch_mask` given without `patch` source activations")
-
-    mlps = decoder_mlps(model)
-    plan: list[tuple[int, dict[str, torch.Tensor | None]]] = []
-    for i in range(n_layers):
-        w: torch.Tensor = mlps[i].gate_proj.weight
-        dev, dt = w.device, (w.dtype if w.dtype.is_floating_point else torch.float32)
-        s = scale_t[:, i] if scale_t is not None and not bool((scale_t[:, i] == 1).all()) else None
-        a = add_t[:, i] if add_t is not None and bool((add_t[:, i] != 0).any()) else None
-        src = patches.get(i)
-        sel = None
-        if src is not None:
-            sel = mask_t[:, i] if mask_t is not None else torch.ones(1, n_neurons, dtype=torch.bool)
-            if not bool(sel.any()):
-                src, sel = None, None
-            else:
-                if src.ndim != 3 or src.shape[0] not in (1, batch) or src.shape[2] != n_neurons:
-                    raise ValueError(
-                        f"patch source for layer {i} has shape {tuple(src.shape)}; expected [B|1, T, {n_neurons}]"
-                    )
-                src = src.to(dev)
-                sel = sel[:, None, :].to(dev)
-        if s is None and a is None and src is None:
-            continue
-        plan.append(
-            (
-                i,
-                {
-                    "scale": s[:, None, :].to(dev, dt) if s is not None else None,
-                    "add": a[:, None, :].to(dev, dt) if a is not None else None,
-                    "positions": pos_t[:, :, None].to(dev) if pos_t is not None else None,
-                    "source": src,
-                    "select": sel,
-                },
-            )
-        )
-    root = nnsight_model(model)
-    envoys = _envoys(root, mods)
-    return envoys, plan, root
-
-
 def run_with_gate_edits(
     model: Any,
     inputs: Mapping[str, Any],
@@ -493,7 +251,8 @@ def run_with_gate_edits(
 ) -> torch.Tensor | None:
     """Forward pass with batched gate edits; returns logits (``"all"`` [B, T, V] by default).
 
-    Every row has its own edit, so many conditions run in one forward (repeat the inputs with :func:`tile_inputs`):
+    Every row has its own edit, so many conditions run in one forward (repeat the inputs with
+    :func:`~helpers.core.gate_edits.tile_inputs`):
     ``gate <- gate * scale[b, l] + add[b, l]`` at the ``positions`` [B, T] selected (default all), after optionally
     patching the neurons in ``patch_mask`` [B|1, L, N] to values from another run (``patch``: per layer [B|1, T, N],
     as a list of L entries or a dict ``{layer: tensor}``, e.g. from :func:`trace_gates`). Layers whose scale is all
@@ -511,24 +270,6 @@ def run_with_gate_edits(
             "lower alpha or run in float32"
         )
     return out
-
-
-def _as_gate_fns(gate_fns: Mapping[int, GateFn] | None, n_layers: int) -> dict[int, GateFn]:
-    out: dict[int, GateFn] = {}
-    for layer, fn in (gate_fns or {}).items():
-        if not 0 <= int(layer) < n_layers:
-            raise ValueError(f"gate_fns given for layer {layer} but the model has {n_layers} layers")
-        if not callable(fn):
-            raise TypeError(f"gate_fns[{layer}] must be callable (gate, positions) -> gate, got {type(fn).__name__}")
-        out[int(layer)] = fn
-    return out
-
-
-def _edit_layer(gate: torch.Tensor, edit: dict[str, torch.Tensor | None] | None, fn: GateFn | None,
-                positions: torch.Tensor | None) -> torch.Tensor:
-    """One layer's edit: the tensor edit of :func:`apply_gate_edit`, then the input-dependent ``fn``."""
-    new = apply_gate_edit(gate, **edit) if edit is not None else gate
-    return fn(new, positions.to(new.device) if positions is not None else None) if fn is not None else new
 
 
 def generate_with_gate_edits(
@@ -560,32 +301,12 @@ def generate_with_gate_edits(
     return ids
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# Batching helpers
-# --------------------------------------------------------------------------------------------------------------------
-
-
-def tile_inputs(inputs: Mapping[str, Any], n: int) -> dict[str, Any]:
-    """Repeat a whole batch ``n`` times along dim 0 (rows ``[x0..xB-1, x0..xB-1, ...]``).
-
-    Tiling (not interleaving) keeps every family's audio-to-row correspondence even where ``input_features`` has one
-    row per 30-s chunk rather than per prompt (Voxtral, Audio Flamingo 3): chunks stay in prompt order.
-    """
-    if n < 1:
-        raise ValueError("n must be >= 1")
-    return {k: torch.cat([v] * n) if isinstance(v, torch.Tensor) and v.ndim > 0 else v for k, v in inputs.items()}
-
-
 __all__ = [
     "forward_counts",
-    "NonFiniteEditError",
-    "apply_gate_edit",
     "generate_with_gate_edits",
     "hook_gates",
     "last_positions",
-    "nnsight_model",
     "run_with_gate_edits",
     "select_logits",
-    "tile_inputs",
     "trace_gates",
 ]

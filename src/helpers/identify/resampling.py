@@ -10,7 +10,7 @@ items would give, at the cost of one logging run plus ``R`` accumulators (``R x 
 replicates of a 28 x 18944-gate model with 4 classes take about 1 GB).
 
 :func:`identification_resamples` re-selects every replicate's neurons;
-:func:`helpers.intervene.interventions.identification_variability` deactivates them on the evaluation items.
+:func:`helpers.intervene.deactivation.identification_variability` deactivates them on the evaluation items.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ across layers. "Active" means gate activation > 0 and ``p_e(l, n) = active / tok
 
 Selectors differ in what they call "specific", and the differences matter: a neuron that fires on almost every
 token of every emotion tops a frequency ranking (LAP) yet carries no emotion information; entropy (LAPE, AAPE),
-contrast (CAS) and magnitude (MAD) criteria each reject it for a different reason. ``tests/test_selectors.py``
+contrast (CAS) and magnitude (MAD) criteria each reject it for a different reason. ``tests/identify/test_selectors.py``
 plants such cases and checks each selector's behaviour on them.
 
 Sizes: ``fraction`` is a share of *all* decoder gate neurons ``L * N`` (``k = max(1, round(fraction * L * N))``),

@@ -480,7 +480,7 @@ def feature_edit_fn(sae: TopKSAE, remove: torch.Tensor | None = None, splice: to
 def run_feature_edits(subject: Subject, df: pd.DataFrame, saes: Sequence[TopKSAE], edits: Sequence[FeatureEdit], *,
                       positions: str = "last", batch_size: int = 64, max_rows: int = 2048) -> np.ndarray:
     """Label logits ``[n_edits, n_items, n_labels]`` of every edit on every item, batched like
-    :func:`helpers.intervene.interventions.run_conditions` (one forward per batch and chunk of edits, row
+    :func:`helpers.intervene.runner.run_conditions` (one forward per batch and chunk of edits, row
     ``j * b + i`` = edit ``j`` on item ``i``), with the edits applied through ``gate_fns`` of the one tracer."""
     edits = list(edits)
     n_labels = len(subject.labels)
@@ -533,15 +533,17 @@ def run_feature_edits(subject: Subject, df: pd.DataFrame, saes: Sequence[TopKSAE
 def total_effect_runs(subject: Subject, pairs: pd.DataFrame, side: str, saes: Sequence[TopKSAE], *,
                       live: torch.Tensor | None = None, batch_size: int = 64) -> dict[str, Any]:
     """``{"neurons": PatchResult, "features": PatchResult}`` of the *total* effect of one side, as chapter 06's
-    :func:`~helpers.ground.grounding.total_effect`: ``before`` = the base prompt, ``after`` = ``source`` = the
+    :func:`~helpers.ground.patching.total_effect`: ``before`` = the base prompt, ``after`` = ``source`` = the
     counterfactual prompt, both read at the answer position, as gate values and as SAE codes (one pass each).
 
     ``live`` [L, d_sae] bool: the features read (default all); the null of
-    :func:`helpers.ground.grounding.set_grounding` draws random sets among the read units, so pass the live features
+    :func:`helpers.ground.grounding_tables.set_grounding` draws random sets among the read units, so pass the live
+    features
     (dead ones never move and would make a typical feature look still). The label logits are one-hot
     predictions (``set_grounding`` reads only the activations and the number of items).
     """
-    from ..ground.grounding import PatchResult, pair_rows
+    from ..ground.pairing import pair_rows
+    from ..ground.patching import PatchResult
 
     base, cf = pair_rows(pairs)
     runs = [answer_gates(subject, rows, capacity=max(len(rows), 1), only_correct=False, batch_size=batch_size)

@@ -1,7 +1,7 @@
 """Chapter 00's checks that the organism is a valid testbed: where its decision lives, and which side of the
 input drives it at each level of the audio-reliability dial.
 
-Every check goes through the one batched runner (:func:`helpers.intervene.interventions.run_conditions`), so an ablation
+Every check goes through the one batched runner (:func:`helpers.intervene.runner.run_conditions`), so an ablation
 here is the same gate edit the later chapters make.
 """
 
@@ -15,8 +15,9 @@ import torch
 
 from ..core.models import gate_shape
 from ..core.subject import Subject
+from ..intervene.conditions import Condition
 from ..intervene.evaluation import label_indices
-from ..intervene.interventions import Condition, run_conditions
+from ..intervene.runner import run_conditions
 
 
 def ablation_conditions(n_layers: int, n_neurons: int) -> list[Condition]:

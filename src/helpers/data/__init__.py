@@ -1,0 +1,1 @@
+"""Data: the item schema, audio decoding, the espeak binding, the synthetic corpus and real SER dataset loaders."""
