@@ -12,15 +12,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
-from fixtures_datasets import (
-    make_all,
-    make_crema_d,
-    make_iemocap,
-    make_meld,
-    make_msp_podcast,
-    make_ravdess,
-    write_tone,
-)
 
 from helpers.data.audio import AudioLoadError, SamplingRateError, check_sampling_rate, load_audio, read_info
 from helpers.data.catalog import DATASETS, load_dataset, load_from_hub
@@ -32,6 +23,16 @@ from helpers.data.msp_podcast import load_msp_podcast
 from helpers.data.ravdess import load_ravdess
 from helpers.data.schema import REQUIRED_COLUMNS, SchemaError, validate
 from helpers.data.speaker_splits import check_speaker_disjoint, split_speakers, summary
+
+from fixtures_datasets import (
+    make_all,
+    make_crema_d,
+    make_iemocap,
+    make_meld,
+    make_msp_podcast,
+    make_ravdess,
+    write_tone,
+)
 
 
 # ------------------------------------------------------------------------------------------------ fixtures

@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .espeak import Prosody
 from ..core.io import atomic_write_text
+from .espeak import Prosody
 from .schema import REQUIRED_COLUMNS, SchemaError, validate
 
 GENERATOR_VERSION = "2"
