@@ -471,12 +471,12 @@ def test_every_notebook_default_fits_the_schema():
 
 def test_allowed_values_match_the_code():
     from helpers.data import schema
-    from helpers.identify import selectors
+    from helpers.identify import selection
     from helpers.log import activation_log
     from helpers.subjects import item_prompts, subject_loading
 
     assert C.POSITION_KINDS == activation_log.POSITION_KINDS
-    assert C.SELECTOR_METHODS == selectors.METHODS
+    assert C.SELECTOR_METHODS == selection.METHODS
     assert C.PROMPT_STYLES == item_prompts.PROMPT_STYLES
     assert C.SPLITS == schema.SPLITS
     assert set(C.DTYPES) == {"auto", *subject_loading._DTYPES}
@@ -757,7 +757,7 @@ def test_the_public_api_is_importable_from_the_package_top():
     for name in helpers.__all__:
         assert getattr(helpers, name) is not None, name
     from helpers import ActivationStats, select
-    from helpers.identify.selectors import select as direct
+    from helpers.identify.selection import select as direct
 
     assert select is direct and ActivationStats.__module__ == "helpers.log.stats"
     with pytest.raises(AttributeError, match="no attribute 'selekt'"):

@@ -11,7 +11,7 @@ import torch
 
 from helpers.core import hooks
 from helpers.core.models import gate_shape
-from helpers.identify import selectors as sel
+from helpers.identify import selection as sel
 from helpers.sae import sae as S
 
 from tiny_models import build_tiny, tiny_inputs

@@ -72,7 +72,7 @@ __all__ = [
 ]
 
 # Allowed values, kept here so validating a config imports neither torch nor the model code; tests check that they
-# equal helpers.log.activation_log.POSITION_KINDS, helpers.identify.selectors.METHODS,
+# equal helpers.log.activation_log.POSITION_KINDS, helpers.identify.selection.METHODS,
 # helpers.subjects.item_prompts.PROMPT_STYLES, ...
 # (written as Literal types, which the schema below uses and a type checker can read, and as tuples of the same values)
 PositionKind = Literal["all", "audio", "text", "last"]

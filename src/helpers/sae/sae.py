@@ -382,7 +382,7 @@ def quality(sae: TopKSAE, x: torch.Tensor, dead_rows: torch.Tensor | None = None
 def feature_stats(saes: Sequence[TopKSAE], rows: torch.Tensor, labels_idx: torch.Tensor, labels: Sequence[str],
                   *, meta: Mapping[str, Any] | None = None) -> ActivationStats:
     """Per-class statistics of the latents, ``[layer, feature, class]``, through the neurons' own
-    :class:`~helpers.log.stats.StatsAccumulator`: every selector of :mod:`helpers.identify.selectors` runs on them
+    :class:`~helpers.log.stats.StatsAccumulator`: every selector of :mod:`helpers.identify.methods` runs on them
     unchanged.
     ``rows [n, L, N]``: one answer-position gate vector per counted item (one token each)."""
     if not saes:
