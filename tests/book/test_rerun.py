@@ -18,8 +18,7 @@ from pathlib import Path
 import pytest
 from test_hardening import _nb  # the stand-in notebook writer
 
-from helpers.book import config as C
-from helpers.book import pipeline
+from helpers.book import lineage, pipeline, resolution, stage_params
 from helpers.core.io import STAGES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,7 +47,7 @@ def test_stage_graph_is_the_makefiles():
 
 
 def test_every_stage_a_notebook_opens_is_run_before_it():
-    for stage, info in C.stage_infos(pipeline.NOTEBOOKS).items():
+    for stage, info in stage_params.stage_infos(pipeline.NOTEBOOKS).items():
         assert set(info.upstream) <= set(pipeline.upstream_order(stage)), stage
 
 
@@ -119,7 +118,7 @@ def test_a_stage_with_overrides_runs_its_upstream_stages_in_its_own_folder(fake_
     rc, out, err = run(fake_checkout, capsys, "-p", "n_boot", "5", "-p", "limit", "3")
     assert rc == 0, err
     (rdir,) = (fake_checkout / "runs").iterdir()
-    assert rdir.name == f"fake+{C.params_hash({'n_boot': 5, 'limit': 3})[:8]}"
+    assert rdir.name == f"fake+{lineage.params_hash({'n_boot': 5, 'limit': 3})[:8]}"
     assert "01_logging: ran" in out and "02_selectors: ran" in out
     assert value(rdir / "03_deactivation") == [3, 5]  # the override reached the stage that reads it, upstream
     # only the parameters a stage reads are passed to it, and papermill has nothing to warn about
@@ -138,7 +137,7 @@ def test_upstream_stages_an_override_does_not_touch_are_copied_from_the_configs_
     assert value(home / "03_deactivation") == [0, 10]
     rc, out, err = run(fake_checkout, capsys, "-p", "n_boot", "7")  # read by 03 only
     assert rc == 0, err
-    rdir = fake_checkout / "runs" / f"fake+{C.params_hash({'n_boot': 7})[:8]}"
+    rdir = fake_checkout / "runs" / f"fake+{lineage.params_hash({'n_boot': 7})[:8]}"
     assert "01_logging: copied from runs/fake" in out and "02_selectors: copied from runs/fake" in out
     for up in ("01_logging", "02_selectors"):
         assert rec(rdir / up)["copied_from"] == "runs/fake"
@@ -149,7 +148,7 @@ def test_upstream_stages_an_override_does_not_touch_are_copied_from_the_configs_
     rc, out, err = run(fake_checkout, capsys, "-p", "n_boot", "7", "-p", "limit", "2")
     assert rc == 0, err
     assert "01_logging: ran" in out and "02_selectors: ran" in out
-    assert value(fake_checkout / "runs" / f"fake+{C.params_hash({'n_boot': 7, 'limit': 2})[:8]}"
+    assert value(fake_checkout / "runs" / f"fake+{lineage.params_hash({'n_boot': 7, 'limit': 2})[:8]}"
                  / "03_deactivation") == [2, 7]
 
 
@@ -208,7 +207,7 @@ def _parse(command: str) -> tuple[str, dict]:
 @pytest.mark.parametrize("page,command", documented_commands(), ids=lambda x: x.replace(" ", "_")[:60])
 def test_documented_make_run_command_gives_a_complete_run(page, command):
     stage, overrides = _parse(command)
-    config = C.resolve(stage, pipeline.load_config(ROOT / "configs" / "organism.yml"), overrides,
+    config = resolution.resolve(stage, pipeline.load_config(ROOT / "configs" / "organism.yml"), overrides,
                        notebooks=pipeline.NOTEBOOKS)
     rdir = pipeline.run_dir_for(config.merged, config.overrides)
     assert rdir.parent == ROOT / "runs" and "+" in rdir.name
@@ -223,7 +222,7 @@ def test_documented_make_run_command_gives_a_complete_run(page, command):
             folder = rdir / name
             assert (folder / "metrics.json").is_file() and (folder / f"{name}.ipynb").is_file(), name
             record = pipeline.read_record(folder)
-            reads = C.stage_info(name, pipeline.NOTEBOOKS).reads
+            reads = stage_params.stage_info(name, pipeline.NOTEBOOKS).reads
             for key, val in overrides.items():  # the overrides a stage reads reached it; the others did not
                 if key in reads:
                     assert record["params"][key] == val, (name, key)

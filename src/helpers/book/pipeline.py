@@ -43,7 +43,11 @@ from pathlib import Path
 from typing import Any
 
 from ..core.io import STAGES, STAGING_ENV, ConfigError, atomic_save, atomic_write_text, load_config
-from . import config as cfg
+from .config import RUN_NAME, STAGE_NAME
+from .config_messages import check_key, did_you_mean
+from .lineage import lineage_mismatches, params_hash
+from .resolution import Resolved, describe, known_keys, parse_override, resolve
+from .stage_params import StageInfo, stage_info, stage_infos
 
 ROOT = Path(__file__).resolve().parents[3]
 NOTEBOOKS = ROOT / "notebooks"
@@ -76,7 +80,7 @@ class InputError(RuntimeError):
 def parse_value(text: str, name: str | None = None) -> Any:
     """``-p name value`` values are YAML (``5e-3`` is a number, ``[a, b]`` a list), as in papermill's ``-y``."""
     if name is not None:
-        return cfg.parse_override(name, text, NOTEBOOKS)
+        return parse_override(name, text, NOTEBOOKS)
     from ..core.io import yaml_load
 
     try:
@@ -87,10 +91,10 @@ def parse_value(text: str, name: str | None = None) -> Any:
 
 def check_stage(stage: Any) -> str:
     """The stage name, checked before anything is created: ``NN_name``, one of :data:`helpers.core.io.STAGES`."""
-    if not isinstance(stage, str) or not cfg.STAGE_NAME.match(stage) or stage not in STAGES:
+    if not isinstance(stage, str) or not STAGE_NAME.match(stage) or stage not in STAGES:
         shown = repr(stage) if len(repr(stage)) < 80 else repr(stage)[:77] + "..."
         raise ConfigError(
-            f"unknown stage {shown}{cfg.did_you_mean(str(stage), STAGES)}; stages are {list(STAGES)} "
+            f"unknown stage {shown}{did_you_mean(str(stage), STAGES)}; stages are {list(STAGES)} "
             "(NB=<stage> in `make run`)"
         )
     return stage
@@ -109,14 +113,14 @@ def run_dir_for(config: Mapping[str, Any], overrides: Mapping[str, Any], root: P
     if "run_dir" in overrides:
         return Path(str(overrides["run_dir"])).expanduser().resolve()
     name = config.get("run_name")
-    if not isinstance(name, str) or not cfg.RUN_NAME.match(name) or ".." in name:
+    if not isinstance(name, str) or not RUN_NAME.match(name) or ".." in name:
         raise ConfigError(
             f"config key `run_name` must be a folder name of letters, digits, '.', '_' and '-' (results go to "
             f"runs/<run_name>/), got {name!r}; add e.g. `run_name: my-run` to the config"
         )
     rest = {k: v for k, v in overrides.items() if k != "run_dir"}
     if rest:
-        name = f"{name}+{cfg.params_hash(rest)[:8]}"
+        name = f"{name}+{params_hash(rest)[:8]}"
     return ((ROOT if root is None else root) / "runs" / name).resolve()
 
 
@@ -291,7 +295,7 @@ class _QuietUnknownParameters(logging.Filter):
     """The subject keys are read through ``config_params(globals())``, not the parameters cell; papermill's
     "Passed unknown parameter" for them is noise (every key was validated before). So is "Unable to parse line"
     from papermill's own reading of the parameters cell (a list followed by a comment), which it does only to
-    find unknown parameters; :func:`helpers.book.config.stage_info` parses the cell with ``ast``."""
+    find unknown parameters; :func:`helpers.book.stage_params.stage_info` parses the cell with ``ast``."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = str(record.getMessage())
@@ -319,11 +323,11 @@ def _rerun(stage: str) -> str:
     return f"make run NB={stage} CONFIG=<this config> PARAMS='<the same -p parameters>'"
 
 
-def check_inputs(rdir: Path, info: cfg.StageInfo, effective: Mapping[str, Any]) -> dict[str, str]:
+def check_inputs(rdir: Path, info: StageInfo, effective: Mapping[str, Any]) -> dict[str, str]:
     """Refuse upstream outputs produced under other parameters; return ``{upstream: params hash}`` to record.
 
     Walks the upstream stages and theirs (as recorded): each must exist, must have been produced with the same
-    lineage parameters (:func:`helpers.book.config.lineage_mismatches`) and must not have been re-run since a stage
+    lineage parameters (:func:`helpers.book.lineage.lineage_mismatches`) and must not have been re-run since a stage
     that used it was produced.
     """
     inputs: dict[str, str] = {}
@@ -346,7 +350,7 @@ def check_inputs(rdir: Path, info: cfg.StageInfo, effective: Mapping[str, Any]) 
         if name in seen:
             continue
         seen.add(name)
-        bad = cfg.lineage_mismatches(effective, rec["params"])
+        bad = lineage_mismatches(effective, rec["params"])
         if bad:
             raise ConfigError(
                 f"stage {info.name}: the outputs of {name} in {rdir} were produced with other parameters "
@@ -366,7 +370,7 @@ def check_inputs(rdir: Path, info: cfg.StageInfo, effective: Mapping[str, Any]) 
     return inputs
 
 
-def preflight(info: cfg.StageInfo, effective: Mapping[str, Any]) -> None:
+def preflight(info: StageInfo, effective: Mapping[str, Any]) -> None:
     """Model source and datasets, checked in seconds before a kernel loads anything (raises InputError)."""
     reads = info.reads
     if not ({"model_path", "datasets"} & reads):
@@ -406,8 +410,8 @@ def execute_stage(stage: str, config_path: str | Path, overrides: Mapping[str, A
     overrides = dict(overrides or {})
     if run_dir is not None:
         overrides["run_dir"] = str(run_dir)
-    resolved = cfg.resolve(stage, config, overrides, notebooks=NOTEBOOKS, source=str(config_path))
-    info = cfg.stage_info(stage, NOTEBOOKS)
+    resolved = resolve(stage, config, overrides, notebooks=NOTEBOOKS, source=str(config_path))
+    info = stage_info(stage, NOTEBOOKS)
     rdir = run_dir_for(resolved.merged, resolved.overrides)
     check_run_dir(rdir, stage)
     preflight(info, resolved.effective)
@@ -428,7 +432,7 @@ def execute_stage(stage: str, config_path: str | Path, overrides: Mapping[str, A
     record = {
         "stage": stage,
         "params": effective,
-        "params_sha256": cfg.params_hash(effective),
+        "params_sha256": params_hash(effective),
         "explicit": list(resolved.explicit),
         "inputs": inputs,
     }
@@ -476,7 +480,7 @@ def upstream_order(stage: str, notebooks: str | Path | None = None) -> list[str]
     """
     check_stage(stage)
     nbdir = Path(notebooks if notebooks is not None else NOTEBOOKS)
-    infos = cfg.stage_infos(nbdir)
+    infos = stage_infos(nbdir)
     order: list[str] = []
 
     def visit(name: str, path: tuple[str, ...]) -> None:
@@ -536,7 +540,7 @@ class RunPlan:
     upstream: list[str]
     #: per stage of the chain: the overrides it reads
     overrides: dict[str, dict[str, Any]]
-    resolved: dict[str, cfg.Resolved]
+    resolved: dict[str, Resolved]
     given: dict[str, Any]
 
 
@@ -546,7 +550,7 @@ def plan_run(stage: str, config_path: str | Path, overrides: Mapping[str, Any] |
     check_stage(stage)
     overrides = dict(overrides or {})
     config = load_config(config_path)
-    infos = cfg.stage_infos(NOTEBOOKS)
+    infos = stage_infos(NOTEBOOKS)
     order = upstream_order(stage)
     chain = [*order, stage]
     unread = [k for k in overrides if k != "run_dir" and not any(k in infos[s].reads for s in chain)]
@@ -555,12 +559,12 @@ def plan_run(stage: str, config_path: str | Path, overrides: Mapping[str, Any] |
         needed = ", ".join(order) or "none"
         raise ConfigError("; ".join(
             f"-p {k}: stage {stage} does not read `{k}`, nor do the stages it needs ({needed})"
-            f"{cfg.did_you_mean(k, infos[stage].reads)}; `{k}` is read by {readers[k] or 'no stage'}" for k in unread))
+            f"{did_you_mean(k, infos[stage].reads)}; `{k}` is read by {readers[k] or 'no stage'}" for k in unread))
     subs: dict[str, dict[str, Any]] = {}
-    resolved: dict[str, cfg.Resolved] = {}
+    resolved: dict[str, Resolved] = {}
     for name in chain:  # validate every override for every stage that reads it, before anything runs
         subs[name] = {k: v for k, v in overrides.items() if k in infos[name].reads and k != "run_dir"}
-        resolved[name] = cfg.resolve(name, config, subs[name], notebooks=NOTEBOOKS, source=str(config_path))
+        resolved[name] = resolve(name, config, subs[name], notebooks=NOTEBOOKS, source=str(config_path))
     given = {k: v for name in chain for k, v in resolved[name].overrides.items()}
     if "run_dir" in overrides:
         given["run_dir"] = overrides["run_dir"]
@@ -595,7 +599,7 @@ def run_with_upstream(stage: str, config_path: str | Path, overrides: Mapping[st
                                                 plan.resolved, plan.given)
     done: list[tuple[str, str]] = []
     for up in order:
-        sha = cfg.params_hash(resolved[up].effective)
+        sha = params_hash(resolved[up].effective)
         if _matches(rdir / up, sha, rdir):
             how = "kept"
         elif home is not None and home != rdir and _matches(home / up, sha, rdir):
@@ -681,7 +685,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         pairs += [(tokens[i + 1], tokens[i + 2]) for i in range(0, len(tokens), 3)]
     out: dict[str, Any] = {}
     for name, text in pairs:
-        cfg.check_key(name, f"-p {name}", cfg.known_keys(cfg.stage_infos(NOTEBOOKS)))
+        check_key(name, f"-p {name}", known_keys(stage_infos(NOTEBOOKS)))
         if name in out:
             raise ConfigError(f"-p {name} is given twice; give each parameter once")
         out[name] = parse_value(text, name)
@@ -705,7 +709,7 @@ def _cmd_book_copy(args: argparse.Namespace) -> None:
 
 
 def _cmd_keys(args: argparse.Namespace) -> None:
-    for row in cfg.describe(NOTEBOOKS):
+    for row in describe(NOTEBOOKS):
         print(f"{row['key']:<18} {row['description']}  (e.g. {row['example']})\n{'':<18} read by: "
               f"{', '.join(row['stages'])}")
 
