@@ -70,7 +70,7 @@ $(RUN)/05_transfer/metrics.json $(RUN)/06_grounding/metrics.json: $(RUN)/02_sele
 $(RUN)/07_sae/metrics.json: $(RUN)/01_logging/metrics.json $(RUN)/02_selectors/metrics.json
 
 # the book's copy: parameter cells hidden (each chapter shows its parameter table), no progress bars, no paths
-# of the build machine (helpers.book.pipeline.clean_for_book)
+# of the build machine (helpers.book.book_export.clean_for_book)
 book/executed/%.ipynb: $(RUN)/%/metrics.json
 	$(PYTHON) -m helpers.book.pipeline book-copy $(RUN)/$*/$*.ipynb $@
 

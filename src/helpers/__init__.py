@@ -21,7 +21,7 @@ _PUBLIC: dict[str, str] = {
     "trace_gates": "core.hooks", "run_with_gate_edits": "core.hooks",
     "log_activations": "log.activation_log", "ActivationStats": "log.stats", "StatsAccumulator": "log.stats",
     # Identify
-    "select": "identify.selectors", "select_many": "identify.selectors",
+    "select": "identify.selection", "select_many": "identify.selection",
     "as_pairs": "core.neuron_sets", "as_mask": "core.neuron_sets", "random_sets": "core.neuron_sets",
     "save_sets": "core.neuron_sets", "load_sets": "core.neuron_sets",
     # Intervene

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers.book import benchpage, claims, pipeline
+from helpers.book import benchpage, book_export, claims, pipeline, stage_run
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 def executed_00(small_corpora, tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("run")
     overrides = {"datasets": {k: str(v) for k, v in small_corpora.items()}, "eval_limit": 16, "probe_epochs": 20}
-    nb = pipeline.execute_stage("00_organism", ROOT / "configs" / "organism.yml", overrides, run_dir=run_dir)
+    nb = stage_run.execute_stage("00_organism", ROOT / "configs" / "organism.yml", overrides, run_dir=run_dir)
     return nb
 
 
@@ -39,14 +39,14 @@ def test_stage_00_runs_through_papermill_and_writes_metrics(executed_00):
 
 def test_unknown_stage_and_bad_config_fail_clearly(tmp_path):
     with pytest.raises(pipeline.ConfigError, match="unknown stage"):
-        pipeline.notebook_source("07_nothing")
+        stage_run.notebook_source("07_nothing")
     bad = tmp_path / "bad.yml"
     bad.write_text("model: organism\n")
     with pytest.raises(pipeline.ConfigError, match="run_name"):
-        pipeline.execute_stage("00_organism", bad)
+        stage_run.execute_stage("00_organism", bad)
     bad.write_text("- just\n- a list\n")
     with pytest.raises(pipeline.ConfigError, match="mapping"):
-        pipeline.execute_stage("00_organism", bad)
+        stage_run.execute_stage("00_organism", bad)
     assert pipeline.main(["run", "07_nothing"]) == 2
 
 
@@ -57,7 +57,7 @@ def test_failed_stage_leaves_no_finished_notebook(small_corpora, tmp_path):
     shutil.copy(small_corpora["A"] / "metadata.csv", broken / "metadata.csv")
     overrides = {"datasets": {"A": str(broken), "B": str(broken)}}
     with pytest.raises(Exception, match="make corpus"):
-        pipeline.execute_stage("00_organism", ROOT / "configs" / "organism.yml", overrides, run_dir=tmp_path / "r")
+        stage_run.execute_stage("00_organism", ROOT / "configs" / "organism.yml", overrides, run_dir=tmp_path / "r")
     stage = tmp_path / "r" / "00_organism"
     assert not (stage / "00_organism.ipynb").exists()
     assert not (stage / "metrics.json").exists()
@@ -75,7 +75,7 @@ def built_book(executed_00, tmp_path_factory) -> Path:
                                                                     if target.is_dir() else {}))
     shutil.copytree(ROOT / "book", src / "book", ignore=shutil.ignore_patterns("executed", "results.md", "generated"))
     (src / "book" / "executed").mkdir()
-    pipeline.book_copy(executed_00, src / "book" / "executed" / "00_organism.ipynb")  # as make book copies it
+    book_export.book_copy(executed_00, src / "book" / "executed" / "00_organism.ipynb")  # as make book copies it
     claims.write_page(executed_00.parent.parent, src / "book" / "results.md")  # as make book generates it
     benchpage.write(ROOT / "bench" / "results.json", src / "book" / "generated")
     toc = yaml.safe_load((ROOT / "_toc.yml").read_text())

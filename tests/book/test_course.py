@@ -10,7 +10,7 @@ from pathlib import Path
 import jupytext
 import pytest
 
-from helpers.book import pipeline
+from helpers.book import pipeline, upstream_plan
 from helpers.core.io import STAGES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,7 +57,7 @@ def test_try_this_command_is_accepted_by_make_run(stage):
     assert args["NB"] == stage and args["CONFIG"] == "configs/organism.yml"
     tokens = shlex.split(args["PARAMS"])
     overrides = {tokens[i + 1]: pipeline.parse_value(tokens[i + 2], tokens[i + 1]) for i in range(0, len(tokens), 3)}
-    plan = pipeline.plan_run(stage, ROOT / args["CONFIG"], overrides)  # validated as make run validates it
+    plan = upstream_plan.plan_run(stage, ROOT / args["CONFIG"], overrides)  # validated as make run validates it
     assert plan.run_dir.name.startswith("organism+")
 
 

@@ -25,8 +25,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from helpers.book import config as C
-from helpers.book import pipeline
+from helpers.book import checkout, config, lineage, pipeline, resolution, run_folders, stage_params
 from helpers.core.io import ConfigError, load_config, yaml_load
 from helpers.data.audio import AudioChannelWarning, AudioLoadError, load_audio
 
@@ -122,7 +121,7 @@ def fake_notebooks(tmp_path, monkeypatch) -> Path:
     nbdir.mkdir()
     for stage, text in (("01_logging", FAKE_01), ("02_selectors", FAKE_02), ("03_deactivation", FAKE_03)):
         (nbdir / f"{stage}.md").write_text(text)
-    monkeypatch.setattr(pipeline, "NOTEBOOKS", nbdir)
+    monkeypatch.setattr(checkout, "NOTEBOOKS", nbdir)
     return nbdir
 
 
@@ -143,7 +142,7 @@ def scratch(folder: Path) -> list[str]:
 
 
 _SUBPROCESS = "import sys; from pathlib import Path; import helpers.book.pipeline as p; " \
-              "p.NOTEBOOKS = Path(sys.argv[1]); sys.exit(p.main(sys.argv[2:]))"
+              "import helpers.book.checkout as c; c.NOTEBOOKS = Path(sys.argv[1]); sys.exit(p.main(sys.argv[2:]))"
 
 
 def start_stage(nbdir: Path, *args: str) -> subprocess.Popen:
@@ -176,7 +175,7 @@ def test_config_key_that_is_python_code_is_refused_before_any_kernel(tmp_path, c
 
 def test_config_key_with_dash_suggests_the_identifier(tmp_path):
     with pytest.raises(ConfigError, match=r"'batch-size' is not a valid parameter name.*did you mean 'batch_size'"):
-        C.resolve("01_logging", {**load_config(ORGANISM_CFG), "batch-size": 64}, notebooks=pipeline.NOTEBOOKS)
+        resolution.resolve("01_logging", {**load_config(ORGANISM_CFG), "batch-size": 64}, notebooks=checkout.NOTEBOOKS)
 
 
 @pytest.mark.skipif(MAKE is None, reason="needs GNU make")
@@ -281,7 +280,7 @@ def test_stage_replaces_its_folder_in_one_step_and_records_its_parameters(fake_n
                                                  "stage.json", "timing.json"}
     assert json.loads((stage / "timing.json").read_text())["seconds"] > 0
     rec = json.loads((stage / "stage.json").read_text())
-    assert rec["params"]["labels"] == ["a", "b"] and rec["params_sha256"] == C.params_hash(rec["params"])
+    assert rec["params"]["labels"] == ["a", "b"] and rec["params_sha256"] == lineage.params_hash(rec["params"])
     nb = json.loads((stage / "01_logging.ipynb").read_text())
     assert set(nb["metadata"]["papermill"]["parameters"]) == {"run_dir", "labels", "seed"}  # only what it reads
     assert not scratch(rdir) and (rdir / "config.yml").is_file()
@@ -343,7 +342,7 @@ def test_killed_stage_leaves_the_previous_result_and_the_next_start_cleans_up(fa
     stray = rdir / "01_logging" / ".metrics.abcd1234.tmp.json"  # what the old atomic writer left after a kill
     stray.write_text("{")
     os.utime(stray, (time.time() - 3600, time.time() - 3600))
-    removed = pipeline.clean_stale(rdir)  # what every stage start does first
+    removed = run_folders.clean_stale(rdir)  # what every stage start does first
     assert removed and not scratch(rdir)
     assert snapshot(rdir / "01_logging") == before
 
@@ -353,7 +352,7 @@ def test_clean_stale_restores_a_result_moved_aside_by_a_cut_swap(tmp_path):
     old = rdir / ".01_logging.0123abcd.old"
     old.mkdir(parents=True)
     (old / "metrics.json").write_text("{}")
-    assert pipeline.clean_stale(rdir) == ["restored 01_logging"]
+    assert run_folders.clean_stale(rdir) == ["restored 01_logging"]
     assert (rdir / "01_logging" / "metrics.json").read_text() == "{}" and not scratch(rdir)
 
 
@@ -440,27 +439,27 @@ def test_override_the_stage_does_not_read_is_refused(tmp_path, capsys, untouched
 
 def test_dataset_key_chooses_the_identification_dataset():
     cfg = {**load_config(ORGANISM_CFG), "dataset": "B"}
-    res = C.resolve("03_deactivation", cfg, notebooks=pipeline.NOTEBOOKS)
+    res = resolution.resolve("03_deactivation", cfg, notebooks=checkout.NOTEBOOKS)
     assert next(iter(res.params["datasets"])) == "B"  # stages identify on the first dataset
     with pytest.raises(ConfigError, match=r"`dataset: C` is not one of the config's datasets \['A', 'B'\]"):
-        C.resolve("03_deactivation", {**cfg, "dataset": "C"}, notebooks=pipeline.NOTEBOOKS)
+        resolution.resolve("03_deactivation", {**cfg, "dataset": "C"}, notebooks=checkout.NOTEBOOKS)
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yml")), ids=lambda p: p.stem)
 def test_every_shipped_config_validates_for_every_stage(path):
     """No shipped key is read by no stage (``random_draws`` was): each config validates for each stage."""
     cfg = load_config(path)
-    for stage in C.stage_infos(pipeline.NOTEBOOKS):
-        res = C.resolve(stage, cfg, notebooks=pipeline.NOTEBOOKS, source=str(path))
-        assert set(res.params) <= C.stage_info(stage, pipeline.NOTEBOOKS).reads
+    for stage in stage_params.stage_infos(checkout.NOTEBOOKS):
+        res = resolution.resolve(stage, cfg, notebooks=checkout.NOTEBOOKS, source=str(path))
+        assert set(res.params) <= stage_params.stage_info(stage, checkout.NOTEBOOKS).reads
     assert "random_draws" not in cfg
 
 
 def test_every_notebook_default_fits_the_schema():
     """The lead's defaults and the shared schema agree (a new parameter is typed by its default)."""
-    model = C._model(C.stage_infos(pipeline.NOTEBOOKS))
-    for stage, info in C.stage_infos(pipeline.NOTEBOOKS).items():
-        defaults = {k: v for k, v in info.defaults.items() if v is not C._NONLITERAL}
+    model = resolution._model(stage_params.stage_infos(checkout.NOTEBOOKS))
+    for stage, info in stage_params.stage_infos(checkout.NOTEBOOKS).items():
+        defaults = {k: v for k, v in info.defaults.items() if v is not stage_params._NONLITERAL}
         try:
             model.model_validate(defaults)
         except Exception as exc:  # noqa: BLE001 - name the stage
@@ -471,16 +470,16 @@ def test_every_notebook_default_fits_the_schema():
 
 def test_allowed_values_match_the_code():
     from helpers.data import schema
-    from helpers.identify import selectors
+    from helpers.identify import selection
     from helpers.log import activation_log
     from helpers.subjects import item_prompts, subject_loading
 
-    assert C.POSITION_KINDS == activation_log.POSITION_KINDS
-    assert C.SELECTOR_METHODS == selectors.METHODS
-    assert C.PROMPT_STYLES == item_prompts.PROMPT_STYLES
-    assert C.SPLITS == schema.SPLITS
-    assert set(C.DTYPES) == {"auto", *subject_loading._DTYPES}
-    assert subject_loading.SUBJECT_KEYS == C.SUBJECT_KEYS
+    assert config.POSITION_KINDS == activation_log.POSITION_KINDS
+    assert config.SELECTOR_METHODS == selection.METHODS
+    assert config.PROMPT_STYLES == item_prompts.PROMPT_STYLES
+    assert config.SPLITS == schema.SPLITS
+    assert set(config.DTYPES) == {"auto", *subject_loading._DTYPES}
+    assert subject_loading.SUBJECT_KEYS == config.SUBJECT_KEYS
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -499,10 +498,11 @@ def test_exponent_notation_is_a_number_in_configs_and_overrides(tmp_path):
     assert yaml_load("fraction: 5e-3") == {"fraction": 0.005}
     assert pipeline.parse_value("5e-3", "fraction") == 0.005
     assert pipeline.parse_value("[1.0e30]", "alphas") == [1e30]
-    res = C.resolve("02_selectors", load_config(ORGANISM_CFG), {"fraction": 5e-3}, notebooks=pipeline.NOTEBOOKS)
+    res = resolution.resolve("02_selectors", load_config(ORGANISM_CFG), {"fraction": 5e-3},
+                             notebooks=checkout.NOTEBOOKS)
     assert res.params["fraction"] == 0.005
     with pytest.raises(ConfigError, match=r"-p alphas\[0\] must be <= 1000, got float 1e\+30 \(steering strengths"):
-        C.resolve("04_steering", load_config(ORGANISM_CFG), {"alphas": [1e30]}, notebooks=pipeline.NOTEBOOKS)
+        resolution.resolve("04_steering", load_config(ORGANISM_CFG), {"alphas": [1e30]}, notebooks=checkout.NOTEBOOKS)
 
 
 def test_override_that_is_not_a_number_names_the_fix(tmp_path, capsys, untouched):
@@ -518,10 +518,11 @@ def test_override_that_is_not_a_number_names_the_fix(tmp_path, capsys, untouched
 def test_booleans_are_strict(text, ok):
     cfg = {**load_config(ORGANISM_CFG), "only_correct": yaml_load(text)}
     if ok:
-        assert C.resolve("01_logging", cfg, notebooks=pipeline.NOTEBOOKS).params["only_correct"] is (text == "true")
+        res = resolution.resolve("01_logging", cfg, notebooks=checkout.NOTEBOOKS)
+        assert res.params["only_correct"] is (text == "true")
     else:
         with pytest.raises(ConfigError, match=r"`only_correct` must be true or false"):
-            C.resolve("01_logging", cfg, notebooks=pipeline.NOTEBOOKS)
+            resolution.resolve("01_logging", cfg, notebooks=checkout.NOTEBOOKS)
 
 
 def test_real_model_config_without_model_names_the_family_to_add(tmp_path, capsys, untouched):
@@ -535,7 +536,8 @@ def test_real_model_config_without_model_names_the_family_to_add(tmp_path, capsy
 def test_unknown_choice_lists_the_allowed_values(tmp_path):
     with pytest.raises(ConfigError, match=r"`positions` must be one of \['all', 'audio', 'text', 'last'\] "
                                           r"\(did you mean 'last'\?\)"):
-        C.resolve("01_logging", {**load_config(ORGANISM_CFG), "positions": "lst"}, notebooks=pipeline.NOTEBOOKS)
+        resolution.resolve("01_logging", {**load_config(ORGANISM_CFG), "positions": "lst"},
+                           notebooks=checkout.NOTEBOOKS)
 
 
 def test_text_override_with_a_colon_stays_text():
@@ -546,7 +548,7 @@ def test_text_override_with_a_colon_stays_text():
 def test_dataset_names_cannot_escape_the_stage_folder():
     cfg = {**load_config(ORGANISM_CFG), "datasets": {"../../x": "data/corpus/A"}, "dataset": "../../x"}
     with pytest.raises(ConfigError, match=r"`datasets\[\.\./\.\./x\]` may use letters"):
-        C.resolve("01_logging", cfg, notebooks=pipeline.NOTEBOOKS)
+        resolution.resolve("01_logging", cfg, notebooks=checkout.NOTEBOOKS)
 
 
 def _tiny_subject():
@@ -757,7 +759,7 @@ def test_the_public_api_is_importable_from_the_package_top():
     for name in helpers.__all__:
         assert getattr(helpers, name) is not None, name
     from helpers import ActivationStats, select
-    from helpers.identify.selectors import select as direct
+    from helpers.identify.selection import select as direct
 
     assert select is direct and ActivationStats.__module__ == "helpers.log.stats"
     with pytest.raises(AttributeError, match="no attribute 'selekt'"):

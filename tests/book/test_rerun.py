@@ -18,9 +18,8 @@ from pathlib import Path
 import pytest
 from test_hardening import _nb  # the stand-in notebook writer
 
-from helpers.book import config as C
-from helpers.book import pipeline
-from helpers.core.io import STAGES
+from helpers.book import book_export, checkout, lineage, pipeline, resolution, run_folders, stage_params, upstream_plan
+from helpers.core.io import STAGES, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 MAKE = shutil.which("make")
@@ -44,19 +43,19 @@ def makefile_needs() -> dict[str, set[str]]:
 
 
 def test_stage_graph_is_the_makefiles():
-    assert {s: set(v) for s, v in pipeline.STAGE_NEEDS.items()} == makefile_needs()
+    assert {s: set(v) for s, v in upstream_plan.STAGE_NEEDS.items()} == makefile_needs()
 
 
 def test_every_stage_a_notebook_opens_is_run_before_it():
-    for stage, info in C.stage_infos(pipeline.NOTEBOOKS).items():
-        assert set(info.upstream) <= set(pipeline.upstream_order(stage)), stage
+    for stage, info in stage_params.stage_infos(checkout.NOTEBOOKS).items():
+        assert set(info.upstream) <= set(upstream_plan.upstream_order(stage)), stage
 
 
 def test_upstream_order():
-    assert pipeline.upstream_order("00_organism") == []
-    assert pipeline.upstream_order("02_selectors") == ["01_logging"]
-    assert pipeline.upstream_order("03_deactivation") == ["01_logging", "02_selectors"]
-    assert pipeline.upstream_order("06_grounding") == ["01_logging", "02_selectors"]
+    assert upstream_plan.upstream_order("00_organism") == []
+    assert upstream_plan.upstream_order("02_selectors") == ["01_logging"]
+    assert upstream_plan.upstream_order("03_deactivation") == ["01_logging", "02_selectors"]
+    assert upstream_plan.upstream_order("06_grounding") == ["01_logging", "02_selectors"]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -89,14 +88,14 @@ FAKES = {
 
 @pytest.fixture
 def fake_checkout(tmp_path, monkeypatch) -> Path:
-    """A checkout of three stand-in stages: pipeline.ROOT is ``tmp_path`` (runs go to ``tmp_path/runs``)."""
+    """A checkout of three stand-in stages: checkout.ROOT is ``tmp_path`` (runs go to ``tmp_path/runs``)."""
     nbdir = tmp_path / "notebooks"
     nbdir.mkdir()
     for stage, text in FAKES.items():
         (nbdir / f"{stage}.md").write_text(text)
     (tmp_path / "fake.yml").write_text("run_name: fake\nlabels: [a, b]\nseed: 0\n")
-    monkeypatch.setattr(pipeline, "NOTEBOOKS", nbdir)
-    monkeypatch.setattr(pipeline, "ROOT", tmp_path)
+    monkeypatch.setattr(checkout, "NOTEBOOKS", nbdir)
+    monkeypatch.setattr(checkout, "ROOT", tmp_path)
     return tmp_path
 
 
@@ -119,7 +118,7 @@ def test_a_stage_with_overrides_runs_its_upstream_stages_in_its_own_folder(fake_
     rc, out, err = run(fake_checkout, capsys, "-p", "n_boot", "5", "-p", "limit", "3")
     assert rc == 0, err
     (rdir,) = (fake_checkout / "runs").iterdir()
-    assert rdir.name == f"fake+{C.params_hash({'n_boot': 5, 'limit': 3})[:8]}"
+    assert rdir.name == f"fake+{lineage.params_hash({'n_boot': 5, 'limit': 3})[:8]}"
     assert "01_logging: ran" in out and "02_selectors: ran" in out
     assert value(rdir / "03_deactivation") == [3, 5]  # the override reached the stage that reads it, upstream
     # only the parameters a stage reads are passed to it, and papermill has nothing to warn about
@@ -138,7 +137,7 @@ def test_upstream_stages_an_override_does_not_touch_are_copied_from_the_configs_
     assert value(home / "03_deactivation") == [0, 10]
     rc, out, err = run(fake_checkout, capsys, "-p", "n_boot", "7")  # read by 03 only
     assert rc == 0, err
-    rdir = fake_checkout / "runs" / f"fake+{C.params_hash({'n_boot': 7})[:8]}"
+    rdir = fake_checkout / "runs" / f"fake+{lineage.params_hash({'n_boot': 7})[:8]}"
     assert "01_logging: copied from runs/fake" in out and "02_selectors: copied from runs/fake" in out
     for up in ("01_logging", "02_selectors"):
         assert rec(rdir / up)["copied_from"] == "runs/fake"
@@ -149,7 +148,7 @@ def test_upstream_stages_an_override_does_not_touch_are_copied_from_the_configs_
     rc, out, err = run(fake_checkout, capsys, "-p", "n_boot", "7", "-p", "limit", "2")
     assert rc == 0, err
     assert "01_logging: ran" in out and "02_selectors: ran" in out
-    assert value(fake_checkout / "runs" / f"fake+{C.params_hash({'n_boot': 7, 'limit': 2})[:8]}"
+    assert value(fake_checkout / "runs" / f"fake+{lineage.params_hash({'n_boot': 7, 'limit': 2})[:8]}"
                  / "03_deactivation") == [2, 7]
 
 
@@ -208,9 +207,9 @@ def _parse(command: str) -> tuple[str, dict]:
 @pytest.mark.parametrize("page,command", documented_commands(), ids=lambda x: x.replace(" ", "_")[:60])
 def test_documented_make_run_command_gives_a_complete_run(page, command):
     stage, overrides = _parse(command)
-    config = C.resolve(stage, pipeline.load_config(ROOT / "configs" / "organism.yml"), overrides,
-                       notebooks=pipeline.NOTEBOOKS)
-    rdir = pipeline.run_dir_for(config.merged, config.overrides)
+    config = resolution.resolve(stage, load_config(ROOT / "configs" / "organism.yml"), overrides,
+                       notebooks=checkout.NOTEBOOKS)
+    rdir = run_folders.run_dir_for(config.merged, config.overrides)
     assert rdir.parent == ROOT / "runs" and "+" in rdir.name
     shutil.rmtree(rdir, ignore_errors=True)  # a folder of these parameters only: start from nothing
     try:
@@ -219,11 +218,11 @@ def test_documented_make_run_command_gives_a_complete_run(page, command):
         assert proc.returncode == 0, log[-4000:]
         assert "Passed unknown parameter" not in log and "Kernel is running" not in log and "Traceback" not in log
         assert "Unable to parse line" not in log and "TqdmWarning" not in log, log[-3000:]
-        for name in [*pipeline.upstream_order(stage), stage]:
+        for name in [*upstream_plan.upstream_order(stage), stage]:
             folder = rdir / name
             assert (folder / "metrics.json").is_file() and (folder / f"{name}.ipynb").is_file(), name
-            record = pipeline.read_record(folder)
-            reads = C.stage_info(name, pipeline.NOTEBOOKS).reads
+            record = run_folders.read_record(folder)
+            reads = stage_params.stage_info(name, checkout.NOTEBOOKS).reads
             for key, val in overrides.items():  # the overrides a stage reads reached it; the others did not
                 if key in reads:
                     assert record["params"][key] == val, (name, key)
@@ -241,7 +240,7 @@ def test_documented_make_run_command_gives_a_complete_run(page, command):
 
 
 def test_the_books_copy_hides_parameter_cells_and_drops_paths_and_progress_bars(tmp_path):
-    root = pipeline.ROOT
+    root = checkout.ROOT
     home = Path.home()
     nb = {"metadata": {"papermill": {"output_path": f"{root}/runs/organism/.03_deactivation.0123abcd.tmp/x.ipynb"}},
           "nbformat": 4, "nbformat_minor": 5, "cells": [
@@ -256,7 +255,7 @@ def test_the_books_copy_hides_parameter_cells_and_drops_paths_and_progress_bars(
               {"cell_type": "markdown", "metadata": {}, "source": "text"}]}
     src = tmp_path / "in.ipynb"
     src.write_text(json.dumps(nb))
-    out = json.loads(pipeline.book_copy(src, tmp_path / "book" / "out.ipynb").read_text())
+    out = json.loads(book_export.book_copy(src, tmp_path / "book" / "out.ipynb").read_text())
     text = json.dumps(out)
     assert str(root) not in text and str(home) not in text and ".tmp" not in text
     assert out["metadata"]["papermill"]["output_path"] == "runs/organism/03_deactivation/x.ipynb"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers.book import pipeline
+from helpers.book import stage_run
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs" / "organism.yml"
@@ -34,7 +34,7 @@ def run(small_corpora, tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("stages")
     data = {"datasets": {k: str(v) for k, v in small_corpora.items()}}
     for stage, params in SMALL.items():
-        pipeline.execute_stage(stage, CONFIG, {**data, **params}, run_dir=run_dir)
+        stage_run.execute_stage(stage, CONFIG, {**data, **params}, run_dir=run_dir)
     return run_dir
 
 
@@ -195,7 +195,7 @@ def test_grounding_skips_cleanly_without_pairs_or_text_context(tmp_path):
     pairs = {lbl: torch.tensor([[0, i]]) for i, lbl in enumerate(["neutral", "happy", "angry", "sad"])}
     neuron_sets.save_sets(run_dir / "02_selectors" / "sets_X.json", {"mad": pairs}, n_layers=6, n_neurons=512)
     overrides = {"datasets": {"X": {"loader": "crema_d", "root": str(root)}}, "dataset": "X"}
-    nb = pipeline.execute_stage("06_grounding", CONFIG, overrides, run_dir=run_dir)
+    nb = stage_run.execute_stage("06_grounding", CONFIG, overrides, run_dir=run_dir)
     m = metrics(run_dir, "06_grounding")
     assert m["grounding_coefficient"] == {}
     assert "matched_id" in m["skipped"] or "context" in m["skipped"]

@@ -5,16 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers.identify.selectors import (
+from helpers.identify.selection import (
     METHODS,
     SelectionShortfall,
-    jaccard,
-    layer_counts,
     select,
     select_report,
     tie_report,
-    to_mask,
 )
+from helpers.identify.set_ops import jaccard, layer_counts, to_mask
 from helpers.log.stats import ActivationStats
 
 LABELS = ["angry", "happy", "neutral", "sad"]
@@ -471,7 +469,7 @@ def test_random_draws_are_independent_per_salt_and_can_match_layers(planted):
 
 
 def test_select_many_and_option_variants(planted):
-    from helpers.identify.selectors import OPTIONS, option_variants, select_many
+    from helpers.identify.selection import OPTIONS, option_variants, select_many
 
     stats, _ = planted
     specs = {"lap": {"fraction": 0.02}, "lape": {"fraction": 0.05, "bar": "saturation"}, "mad": {"fraction": 0.02},

@@ -34,7 +34,8 @@ from helpers.core.io import ConfigError  # noqa: E402
 from helpers.core.models import gate_modules
 from helpers.core.subject import Subject  # noqa: E402
 from helpers.data.catalog import DATASETS  # noqa: E402
-from helpers.identify.selectors import select, to_mask  # noqa: E402
+from helpers.identify.selection import select  # noqa: E402
+from helpers.identify.set_ops import to_mask  # noqa: E402
 from helpers.log.activation_log import log_activations  # noqa: E402
 from helpers.subjects import adapters, item_prompts, positions, run_items, subject_loading  # noqa: E402
 

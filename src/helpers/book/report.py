@@ -89,7 +89,7 @@ def parameter_rows(stage: str, namespace: dict, notebooks: str | Path | None = N
     """One row per parameter of ``stage``'s ``parameters`` cell: the value this run used (from ``namespace``, the
     notebook's globals after papermill injected the config and overrides), the notebook's default, the paper's
     value where the paper (or its follow-ups) fixes one, and a note on where they differ and why."""
-    from .config import _NONLITERAL, stage_info
+    from .stage_params import _NONLITERAL, stage_info
 
     nbdir = Path(notebooks) if notebooks is not None else project_root() / "notebooks"
     info = stage_info(stage, nbdir)

@@ -155,8 +155,8 @@ def main(argv: list[str] | None = None) -> None:
     import argparse
     from pathlib import Path
 
-    from ..book import config as cfg
-    from ..book.pipeline import NOTEBOOKS
+    from ..book import checkout
+    from ..book.resolution import resolve
     from ..subjects.run_items import load_items
     from ..subjects.subject_loading import load_subject
     from .io import atomic_save, load_config
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--config", required=True, help="a run config (configs/organism.yml)")
     ap.add_argument("--out", required=True, help="folder for the statistics")
     args = ap.parse_args(argv)
-    params = cfg.resolve("01_logging", load_config(args.config), notebooks=NOTEBOOKS, source=args.config).effective
+    params = resolve("01_logging", load_config(args.config), notebooks=checkout.NOTEBOOKS, source=args.config).effective
     if not dist.is_initialized() and "WORLD_SIZE" in os.environ:
         dist.init_process_group("nccl" if str(params.get("device", "cpu")).startswith("cuda") else "gloo")
     name = str(params.get("dataset") or next(iter(params["datasets"])))

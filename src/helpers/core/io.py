@@ -225,7 +225,7 @@ def load_config(path: str | Path) -> dict[str, Any]:
     """Read a papermill parameter file (YAML mapping) with a clear message when it is missing or malformed.
 
     Parsed with :func:`yaml_load` (``5e-3`` is a number, only ``true``/``false`` are booleans, no repeated keys);
-    the keys and values are checked against the typed schema by :func:`helpers.book.config.resolve`.
+    the keys and values are checked against the typed schema by :func:`helpers.book.resolution.resolve`.
     """
     p = Path(path)
     if not p.is_file():

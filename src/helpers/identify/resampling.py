@@ -28,7 +28,7 @@ from ..core.subject import Subject
 from ..intervene.evaluation import label_indices
 from ..log.activation_log import check_position_kind, gate_batches
 from ..log.stats import ActivationStats
-from .selectors import SelectionShortfall, select
+from .selection import SelectionShortfall, select
 
 Selection = dict[str, torch.Tensor]
 
@@ -152,7 +152,7 @@ def identification_resamples(replicates: Sequence[ActivationStats] | Callable[[i
     (e.g. one that re-logs a resampled table; then ``n_resamples`` says how many). ``methods``: ``{name:
     select() keyword arguments}``, e.g. ``{"lap": {"fraction": 0.005}, "cas(mean)": {"method": "cas", "k": 20,
     "on": "mean"}}`` (``method`` defaults to the name). Shortfall warnings of the replicates are collected into
-    one :class:`~helpers.identify.selectors.SelectionShortfall` warning naming the replicates."""
+    one :class:`~helpers.identify.selection.SelectionShortfall` warning naming the replicates."""
     if callable(replicates):
         if n_resamples is None:
             raise ValueError("with a callable, give n_resamples")

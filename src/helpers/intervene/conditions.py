@@ -16,7 +16,7 @@ edits of the paper:
 * :func:`identity` — no edit (the baseline).
 
 Neuron sets everywhere are ``{label: LongTensor[m, 2]}`` of ``(layer, neuron)`` pairs, as returned by
-:func:`helpers.identify.selectors.select` (best first, which :func:`~helpers.intervene.dose_response.dose_response_k`
+:func:`helpers.identify.selection.select` (best first, which :func:`~helpers.intervene.dose_response.dose_response_k`
 relies on), validated by
 :func:`helpers.core.neuron_sets.as_pairs`; random controls come from :func:`helpers.core.neuron_sets.random_sets`.
 

@@ -239,7 +239,7 @@ def identification_variability(subject: Subject, df: pd.DataFrame, replicates: S
     percentile interval over replicates — the selection-variance interval to show next to the item bootstrap
     (which keeps the sets fixed).
     """
-    from ..identify.selectors import jaccard
+    from ..identify.set_ops import jaccard
 
     labels, y_true = _truth(subject, df)
     L, N = gate_shape(subject.model)

@@ -4,7 +4,7 @@ For every decoder layer ``l``, gate neuron ``n`` and emotion class ``c`` we add 
 positions of the items of class ``c``: the number of tokens, how often the activation ``a = act_fn(gate_proj(x))``
 was > 0, the sum of ``a`` and the sum of ``a**2``. Raw activations are never kept: a 7B model with 28 x 18944
 gates would need gigabytes per item, while these sums are a few megabytes for a whole data set and are all the
-selectors in :mod:`helpers.identify.selectors` need (activation probability, mean, variance per class).
+selectors in :mod:`helpers.identify.methods` need (activation probability, mean, variance per class).
 
 Everything is accumulated in float64, so streaming over batches gives the same numbers as one pass over the
 concatenated activations (up to float rounding), whatever the batch size.

@@ -1,4 +1,5 @@
-"""Neuron selectors: which gate neurons are emotion-specific, from :class:`~helpers.log.stats.ActivationStats` alone.
+"""The neuron selectors (LAP, LAPE, MAD, CAS, AAPE, random), each from :class:`~helpers.log.stats.ActivationStats`
+alone, and the ranking helpers they share; run them by name with :func:`helpers.identify.selection.select`.
 
 Every selector returns ``{label: LongTensor[m, 2]}`` of ``(layer, neuron)`` pairs, best first, ranked globally
 across layers. "Active" means gate activation > 0 and ``p_e(l, n) = active / tokens`` for emotion ``e``.
@@ -15,211 +16,16 @@ Sizes: ``fraction`` is a share of *all* decoder gate neurons ``L * N`` (``k = ma
 
 from __future__ import annotations
 
-import inspect
 import numbers
-import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import numpy as np
 import torch
 
-from helpers.core.neuron_sets import as_pairs, random_sets, selection_masks, stable_seed
+from helpers.core.neuron_sets import random_sets, stable_seed
 from helpers.log.stats import ActivationStats
 
-#: Valid ``method`` names for :func:`select`.
-METHODS: tuple[str, ...] = ("lap", "lape", "mad", "cas", "aape", "random")
-
-#: LAPE's default share of all neurons kept by entropy when neither ``fraction`` nor ``k`` is given: the 1 %
-#: of Tang et al. (2024). (The version of their identify.py we read sets ``top_rate = 0.05``; pass
-#: ``fraction=0.05`` to reproduce that.)
-LAPE_DEFAULT_FRACTION = 0.01
-
 Selection = dict[str, torch.Tensor]
-
-
-class SelectionShortfall(UserWarning):
-    """A selector returned fewer neurons than asked for some emotion (the reason is in the message and in
-    :attr:`SelectionReport.shortfall`)."""
-
-
-@dataclass(frozen=True)
-class SelectionReport:
-    """A selection together with what it was asked for and, where it fell short, why.
-
-    Fields:
-
-    * ``method`` — the selector's name.
-    * ``selection`` — ``{label: LongTensor[m, 2]}``, best first (what :func:`select` returns).
-    * ``requested`` — per label, the size the method aimed at (None where the method has no per-emotion size:
-      LAPE keeps ``k`` neurons in all and hands them to the emotions above its bar).
-    * ``sizes`` — per label, how many neurons it got.
-    * ``shortfall`` — per label that got fewer than requested (or none at all), a sentence saying why.
-    * ``details`` — method-specific numbers: LAPE's filter value and bar (and which rule set them), the number of
-      candidates; LAP/MAD/CAS's ties at the cut (``ties``: per label the score at the cut, how many neurons share
-      it, and how many of those were selected); AAPE's pool size and per-class count.
-    """
-
-    method: str
-    selection: Selection
-    requested: dict[str, int | None]
-    sizes: dict[str, int]
-    shortfall: dict[str, str] = field(default_factory=dict)
-    details: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def full(self) -> bool:
-        """True when every emotion got its full budget (and, for LAPE, at least one neuron)."""
-        return not self.shortfall
-
-
-# ---------------------------------------------------------------------------------------------- public entry
-def select(
-    stats: ActivationStats,
-    method: str,
-    *,
-    fraction: float | None = None,
-    k: int | None = None,
-    seed: int = 0,
-    **options,
-) -> Selection:
-    """Select emotion-specific neurons with ``method`` (one of :data:`METHODS`).
-
-    Give exactly one of ``fraction`` (share of all ``L * N`` neurons, per emotion) or ``k`` (count per emotion).
-    Exceptions, where the size has a method-specific meaning: ``lape`` (the share kept by entropy; defaults to
-    :data:`LAPE_DEFAULT_FRACTION`), ``aape`` (with ``budget="own"``, its default without a size, the per-class
-    count comes from ``class_rate``) and ``random`` (sizes may come from ``like=`` instead). ``seed`` affects
-    ``random`` and LAP's ``ties="random"``. ``options`` are the method's named options, see ``select_<method>``.
-
-    Where a method cannot give some emotion its full budget, a :class:`SelectionShortfall` warning says why;
-    :func:`select_report` returns the same selection with the reasons and diagnostics attached.
-    """
-    report = select_report(stats, method, fraction=fraction, k=k, seed=seed, **options)
-    if report.shortfall:
-        reasons = "; ".join(f"{lbl}: {why}" for lbl, why in report.shortfall.items())
-        warnings.warn(f"{method} fell short of its budget for {sorted(report.shortfall)} ({reasons})",
-                      SelectionShortfall, stacklevel=2)
-    return report.selection
-
-
-def select_report(
-    stats: ActivationStats,
-    method: str,
-    *,
-    fraction: float | None = None,
-    k: int | None = None,
-    seed: int = 0,
-    **options,
-) -> SelectionReport:
-    """:func:`select` with its diagnostics: a :class:`SelectionReport` (never warns)."""
-    if not isinstance(stats, ActivationStats):
-        raise TypeError(f"stats must be an ActivationStats, got {type(stats).__name__}")
-    if method not in METHODS:
-        raise ValueError(f"unknown selection method {method!r}; valid methods: {', '.join(METHODS)}")
-    func = _FUNCS[method]
-    params = inspect.signature(func).parameters
-    allowed = [n for n, p in params.items() if p.kind is p.KEYWORD_ONLY and n not in ("seed", "report")]
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise ValueError(f"unknown option(s) {unknown} for method {method!r}; valid options: {allowed or 'none'}")
-    _check_classes(stats, method)
-
-    if fraction is not None and k is not None:
-        raise ValueError(f"give either fraction or k for method {method!r}, not both (got fraction={fraction}, k={k})")
-    neither = fraction is None and k is None
-    if method == "lape" and neither:
-        fraction = LAPE_DEFAULT_FRACTION
-    elif method == "random" and options.get("like") is not None:
-        if not neither:
-            raise ValueError("method 'random' takes its sizes from like=...; do not also give fraction or k")
-    elif neither and method != "aape":
-        raise ValueError(
-            f"method {method!r} needs a size: give exactly one of fraction (share of all "
-            f"{stats.n_layers} x {stats.n_neurons} neurons, per emotion) or k (neurons per emotion)"
-        )
-    size = None if fraction is None and k is None else _resolve_k(fraction, k, stats.n_layers * stats.n_neurons)
-    report: dict[str, Any] = {}
-    kw = {"seed": seed} if "seed" in params else {}
-    selection = func(stats, size, report=report, **kw, **options)
-    sizes = {label: int(pairs.shape[0]) for label, pairs in selection.items()}
-    requested = report.pop("requested", dict.fromkeys(selection, size))
-    shortfall = dict(report.pop("shortfall", {}))
-    for label, want in requested.items():
-        if want is not None and sizes[label] < want and label not in shortfall:
-            shortfall[label] = f"got {sizes[label]} of {want} neurons"
-    return SelectionReport(method=method, selection=selection, requested=requested, sizes=sizes,
-                           shortfall=shortfall, details=report)
-
-
-#: Each selector's named edge-case option and its values (see ``select_<method>``): the values a chapter
-#: compares. :func:`option_variants` builds the "other value" of each.
-OPTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "lap": ("ties", ("mean", "random")),
-    "lape": ("bar", ("strict", "saturation")),
-    "cas": ("on", ("prob", "mean")),
-    "aape": ("budget", ("own", "fraction")),
-}
-#: The value each option takes when a spec does not name it (the functions' defaults).
-_OPTION_DEFAULTS = {"lap": "mean", "lape": "strict", "cas": "prob", "aape": "own"}
-
-
-def spec_method(name: str, spec: Mapping[str, Any]) -> str:
-    """The method of a selector spec (``spec["method"]``, else the spec's name)."""
-    return str(spec.get("method", name))
-
-
-def select_many(stats: ActivationStats, specs: Mapping[str, Mapping[str, Any]], *, seed: int = 0
-                ) -> dict[str, SelectionReport]:
-    """Run several selectors on the same stats: ``{name: SelectionReport}``, in ``specs`` order.
-
-    ``specs``: ``{name: select() keyword arguments}`` with ``method`` defaulting to the name — the format of
-    :func:`helpers.identify.resampling.identification_resamples`, so a chapter can store its specs with the sets and a
-    later chapter re-select with exactly the same options. E.g. ``{"mad": {"fraction": 0.05}, "cas(on=mean)":
-    {"method": "cas", "fraction": 0.05, "on": "mean"}}``. Never warns: shortfalls are in each report.
-    """
-    out = {}
-    for name, spec in specs.items():
-        kw = {k: v for k, v in spec.items() if k != "method"}
-        out[str(name)] = select_report(stats, spec_method(name, spec), seed=seed, **kw)
-    return out
-
-
-def option_variants(specs: Mapping[str, Mapping[str, Any]], *, fraction: float | None = None
-                    ) -> dict[str, dict[str, Any]]:
-    """For every spec whose method has a named edge-case option (:data:`OPTIONS`), the same spec with each
-    *other* value of that option, named ``"<method>(<option>=<value>)"`` — e.g. ``lap(ties=random)`` next to a
-    ``lap`` spec with the default ties. ``aape(budget=fraction)`` needs a size: ``fraction`` (the other
-    selectors' budget); a ``budget="own"`` variant drops the spec's size."""
-    out: dict[str, dict[str, Any]] = {}
-    for name, spec in specs.items():
-        method = spec_method(name, spec)
-        if method not in OPTIONS:
-            continue
-        option, values = OPTIONS[method]
-        current = spec.get(option, _OPTION_DEFAULTS[method])
-        for value in values:
-            if value == current:
-                continue
-            new = {**spec, "method": method, option: value}
-            if method == "aape":
-                new.pop("fraction", None)
-                new.pop("k", None)
-                if value == "fraction":
-                    if fraction is None:
-                        raise ValueError("aape(budget=fraction) needs the budget: pass fraction=")
-                    new["fraction"] = fraction
-            out[f"{method}({option}={value})"] = new
-    return out
-
-
-def tie_report(report: SelectionReport) -> dict[str, dict[str, float]]:
-    """Per label: the score at the cut, how many neurons share it (``tied_at_cut``) and how many of those were
-    selected (``tied_selected``). ``tied_at_cut > tied_selected`` means the tie-breaker, not the score, chose
-    which of them are in the set (LAP at saturation: hundreds of neurons tie at p = 1)."""
-    if "ties" not in report.details:
-        raise ValueError(f"method {report.method!r} does not rank by a single score; no tie report")
-    return report.details["ties"]
 
 
 # ---------------------------------------------------------------------------------------------- the methods
@@ -238,7 +44,8 @@ def select_lap(stats: ActivationStats, k: int, *, ties: Literal["mean", "random"
     * ``"random"``: a seeded random order among equal ``p_e`` (``seed`` mixed with ``"lap-ties"`` and the
       label), i.e. LAP as a pure frequency criterion.
 
-    The number of neurons tied at the cut is in :func:`select_report`'s ``details["ties"]`` (:func:`tie_report`).
+    The number of neurons tied at the cut is in :func:`~helpers.identify.selection.select_report`'s
+    ``details["ties"]`` (:func:`~helpers.identify.selection.tie_report`).
     """
     if ties not in ("mean", "random"):
         raise ValueError(f"ties must be 'mean' or 'random', got {ties!r}")
@@ -274,8 +81,9 @@ def select_lape(
     2. ``filter_quantile``: the filter value is the ``round(filter_quantile * count)``-th smallest of all
        ``L * N * C`` values of ``p`` (``torch.kthvalue``, not an interpolated quantile). Neurons whose ``p``
        never exceeds it for any emotion are dropped: rarely firing neurons have low entropy by chance.
-    3. The ``k`` lowest-entropy surviving neurons are kept, globally across layers (via :func:`select`,
-       ``fraction`` is this share of all ``L * N`` neurons). Ties: higher ``max_c p`` first.
+    3. The ``k`` lowest-entropy surviving neurons are kept, globally across layers (via
+       :func:`~helpers.identify.selection.select`, ``fraction`` is this share of all ``L * N`` neurons). Ties:
+       higher ``max_c p`` first.
     4. ``bar_quantile``: same construction gives the activation bar; a kept neuron belongs to every emotion
        whose ``p`` is above it, so emotions can get different counts (or none). Within an emotion: entropy
        ascending, ties by ``p_e`` descending.
@@ -414,12 +222,12 @@ def select_aape(
        fraction, so it does not move when ``drop_rate`` changes. Ties: higher ``max_c p`` first.
     3. Per class, the top kept neurons by ``p_e`` (ties: lower entropy first); how many is the ``budget``:
 
-       * ``"own"`` (the paper's recipe; the default when :func:`select` gets no size):
+       * ``"own"`` (the paper's recipe; the default when :func:`~helpers.identify.selection.select` gets no size):
          ``max(1, round(class_rate * n_kept))`` per class. On a small model this is a handful of neurons
          (8 on the organism against 154 for the other selectors), so its gap is not comparable with theirs.
-       * ``"fraction"`` (the default when :func:`select` gets ``fraction`` or ``k``): the same per-emotion count
-         as the other selectors, for comparisons at equal budgets. The entropy pool of step 2 is enlarged to at
-         least that count if it is smaller (``details["pool_enlarged"]``).
+       * ``"fraction"`` (the default when :func:`~helpers.identify.selection.select` gets ``fraction`` or
+         ``k``): the same per-emotion count as the other selectors, for comparisons at equal budgets. The
+         entropy pool of step 2 is enlarged to at least that count if it is smaller (``details["pool_enlarged"]``).
 
     Defaults: 5 % for all three rates, so the own per-class set is ~0.25 % of all neurons.
     """
@@ -521,37 +329,6 @@ def entropy(prob: torch.Tensor) -> torch.Tensor:
     return -(normed * logs).sum(dim=-1)
 
 
-def to_mask(selection: Mapping[str, torch.Tensor], n_layers: int, n_neurons: int) -> torch.Tensor:
-    """Selection as a bool mask ``[C, L, N]`` (C in the selection's label order): an alias of
-    :func:`helpers.core.neuron_sets.selection_masks`, kept for existing callers."""
-    return selection_masks(selection, n_layers, n_neurons)
-
-
-def layer_counts(selection: Mapping[str, torch.Tensor], n_layers: int) -> dict[str, list[int]]:
-    """How many selected neurons fall in each layer, per label (the layer-wise clustering plots)."""
-    out = {}
-    for label, pairs in selection.items():
-        pairs = _check_pairs(pairs, label, n_layers, None)
-        out[label] = torch.bincount(pairs[:, 0], minlength=n_layers).tolist()
-    return out
-
-
-def jaccard(a: torch.Tensor | Mapping[str, torch.Tensor], b: torch.Tensor | Mapping[str, torch.Tensor]):
-    """Jaccard overlap ``|A & B| / |A | B|`` of two neuron sets (``[m, 2]`` pairs), order ignored.
-
-    Given two selections (dicts), returns ``{label: overlap}`` for their common labels, e.g. to compare
-    selectors or data sets emotion by emotion. Two empty sets are identical: 1.0.
-    """
-    if isinstance(a, Mapping) and isinstance(b, Mapping):
-        return {label: jaccard(a[label], b[label]) for label in a if label in b}
-    if isinstance(a, Mapping) or isinstance(b, Mapping):
-        raise TypeError("jaccard needs two pair tensors or two selections, not one of each")
-    set_a = {tuple(x) for x in torch.as_tensor(a).reshape(-1, 2).tolist()}
-    set_b = {tuple(x) for x in torch.as_tensor(b).reshape(-1, 2).tolist()}
-    union = set_a | set_b
-    return 1.0 if not union else len(set_a & set_b) / len(union)
-
-
 def _flat(x: torch.Tensor) -> torch.Tensor:
     """``[L, N, C]`` -> ``[L * N, C]`` with flat index ``layer * N + neuron``."""
     return x.reshape(-1, x.shape[-1])
@@ -614,33 +391,3 @@ def _check_rate(value: float, name: str, *, allow_zero: bool = False) -> None:
     if not ok:
         bound = "[0, 1]" if allow_zero else "(0, 1]"
         raise ValueError(f"{name} must be a number in {bound}, got {value!r}")
-
-
-def _resolve_k(fraction: float | None, k: int | None, n_total: int) -> int:
-    if fraction is not None:
-        if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real) or not 0 < fraction <= 1:
-            raise ValueError(f"fraction must be in (0, 1] (a share of all {n_total} neurons), got {fraction!r}")
-        return max(1, round(fraction * n_total))
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 1 <= k <= n_total:
-        raise ValueError(f"k must be an integer in [1, {n_total}] (neurons per emotion), got {k!r}")
-    return int(k)
-
-
-def _check_classes(stats: ActivationStats, method: str) -> None:
-    for label, tok, items in zip(stats.labels, stats.tokens.tolist(), stats.items.tolist(), strict=True):
-        if tok <= 0:
-            raise ValueError(
-                f"class {label!r} has no counted tokens ({int(items)} correctly answered items, 0 tokens), so its "
-                "activation probabilities are undefined; add identification items for it or use a different "
-                "token mask"
-            )
-    if method in ("lape", "mad", "cas", "aape") and stats.n_classes < 2:
-        raise ValueError(f"method {method!r} contrasts emotions and needs at least 2 classes, got {stats.labels}")
-
-
-def _check_pairs(pairs: torch.Tensor, label: str, n_layers: int, n_neurons: int | None) -> torch.Tensor:
-    """:func:`helpers.core.neuron_sets.as_pairs`; without ``n_neurons`` only the layer range is checked."""
-    if n_neurons is None:
-        t = torch.as_tensor(np.array(pairs)) if not isinstance(pairs, torch.Tensor) else pairs
-        n_neurons = int(t.reshape(-1, 2)[:, 1].max()) + 1 if t.numel() else 1
-    return as_pairs(pairs, n_layers, n_neurons, what=f"selection {label!r}")
