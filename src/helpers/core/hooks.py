@@ -33,7 +33,7 @@ from torch import nn
 
 from .gate_edits import GateFn, NonFiniteEditError, _as_gate_fns, _as_positions, _edit_layer, _plan, apply_gate_edit
 from .models import decoder_layers, decoder_mlps, forward_model, gate_modules
-from .nnsight_wrap import _batch_size, _envoys
+from .nnsight_wrap import _batch_shape, _batch_size, _envoys
 
 LogitsMode = Literal["all", "last", "none"]
 
@@ -153,18 +153,11 @@ def trace(
                 if i in reads:
                     hidden.append((i, h))
         out = nnsight.save(select_logits(root.output, logits, mask) if logits != "none" else None)
-    rows = _batch_size(inputs)
+    rows, length = _batch_shape(inputs)
     _FORWARDS["passes"] += 1
     _FORWARDS["rows"] += rows
-    _FORWARDS["tokens"] += int(mask.sum()) if isinstance(mask, torch.Tensor) else rows * _seq_len(inputs)
+    _FORWARDS["tokens"] += int(mask.sum()) if isinstance(mask, torch.Tensor) else rows * length
     return out, list(gates), dict(hidden)
-
-
-def _seq_len(inputs: Mapping[str, Any]) -> int:
-    for key in ("input_ids", "inputs_embeds"):
-        if isinstance(inputs.get(key), torch.Tensor):
-            return int(inputs[key].shape[1])
-    return 0
 
 
 def _residual_plan(model: Any, residual: Mapping[int, torch.Tensor] | None, residual_positions: torch.Tensor | None

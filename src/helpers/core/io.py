@@ -179,10 +179,9 @@ def write_metrics(stage_dir: str | Path, metrics: Mapping[str, Any]) -> Path:
     show each stage's work next to its time."""
     text = json.dumps(_jsonable(dict(metrics)), indent=2, sort_keys=True)
     path = atomic_write_text(Path(stage_dir) / "metrics.json", text + "\n")
-    if "torch" in sys.modules:  # the tracer needs torch; a process without it has run no forward pass
-        from .hooks import forward_counts
-
-        counts = forward_counts()
+    tracer = sys.modules.get(f"{__package__}.hooks")  # not loaded: this process ran no forward pass
+    if tracer is not None:
+        counts = tracer.forward_counts()
         if counts["passes"]:
             atomic_write_text(Path(stage_dir) / USAGE_FILE, json.dumps(counts, indent=2, sort_keys=True) + "\n")
     return path

@@ -64,11 +64,16 @@ def _envoys(root: nnsight.Envoy, modules: Sequence[nn.Module]) -> list[nnsight.E
     return out
 
 
-def _batch_size(inputs: Mapping[str, Any]) -> int:
+def _batch_shape(inputs: Mapping[str, Any]) -> tuple[int, int]:
+    """(rows, positions) of a batch, from ``input_ids`` or ``inputs_embeds``."""
     for key in ("input_ids", "inputs_embeds"):
         if isinstance(inputs.get(key), torch.Tensor):
-            return int(inputs[key].shape[0])
+            return int(inputs[key].shape[0]), int(inputs[key].shape[1])
     raise ValueError("inputs need `input_ids` (or `inputs_embeds`) to define the batch")
+
+
+def _batch_size(inputs: Mapping[str, Any]) -> int:
+    return _batch_shape(inputs)[0]
 
 
 __all__ = [

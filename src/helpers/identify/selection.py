@@ -2,13 +2,7 @@
 selectors' named options; the selectors themselves are in :mod:`helpers.identify.methods`, set utilities in
 :mod:`helpers.identify.set_ops`.
 
-Every selector returns ``{label: LongTensor[m, 2]}`` of ``(layer, neuron)`` pairs, best first, ranked globally
-across layers. "Active" means gate activation > 0 and ``p_e(l, n) = active / tokens`` for emotion ``e``.
-
-Selectors differ in what they call "specific", and the differences matter: a neuron that fires on almost every
-token of every emotion tops a frequency ranking (LAP) yet carries no emotion information; entropy (LAPE, AAPE),
-contrast (CAS) and magnitude (MAD) criteria each reject it for a different reason. ``tests/identify/test_selectors.py``
-plants such cases and checks each selector's behaviour on them.
+What each selector calls "specific" (and why it matters) is described in :mod:`helpers.identify.methods`.
 
 Sizes: ``fraction`` is a share of *all* decoder gate neurons ``L * N`` (``k = max(1, round(fraction * L * N))``),
 ``k`` an absolute count. Ties are broken deterministically (documented per method, finally by lower flat index
