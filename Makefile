@@ -105,7 +105,7 @@ test: $(STAMP) $(MATHJAX) browser
 	$(BIN)/pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy src
 
 bench: $(STAMP) $(CORPUS)
